@@ -1,0 +1,1 @@
+"""patchsweep.analysis: recovery statistics across prompts, FDR correction, figures, report."""

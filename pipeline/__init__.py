@@ -1,0 +1,1 @@
+"""patchsweep.pipeline: compute set-up, model sites, prompt datasets, capture and patch stages."""
