@@ -28,7 +28,6 @@ import argparse
 import ctypes
 import glob
 import json
-import math
 import sys
 import time
 from functools import partial

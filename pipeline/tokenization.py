@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-
 from patchsweep.stores.errors import ConfigError, DatasetError
 
 from .prompts import RUNS, Problem, PromptDataset
