@@ -4,6 +4,7 @@ This package never imports MLX, so stores can be read and analysed on any machin
 """
 
 from .activations import ActivationStore, CaptureLayout
+from .hdf5 import export_hdf5, import_hdf5
 from .identity import (
     Identity,
     check_identity,
@@ -14,6 +15,7 @@ from .identity import (
     sha256_json,
 )
 from .results import ResultsLayout, ResultsStore
+from .summary import StoreSummary, summarize
 from .zarr_base import (
     ChunkWriter,
     Codec,
@@ -31,12 +33,16 @@ __all__ = [
     "ResultsLayout",
     "ResultsStore",
     "StorageDType",
+    "StoreSummary",
     "bfloat16_to_float32",
     "check_identity",
+    "export_hdf5",
     "float32_to_bfloat16",
+    "import_hdf5",
     "sha256_arrays",
     "sha256_dataset",
     "sha256_file",
     "sha256_files",
     "sha256_json",
+    "summarize",
 ]
