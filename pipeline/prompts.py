@@ -122,10 +122,6 @@ def _parse_spans(
     return tuple(spans), problems
 
 
-def _meta_value(value: Any) -> str:
-    return "" if _is_missing(value) else str(value)
-
-
 def check_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Validate one raw record; return the normalised constructor kwargs and (field, reason)s."""
     problems: list[tuple[str, str]] = []
@@ -153,12 +149,17 @@ def check_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[
                 f"same as the answer ({kw['answer']!r}); expected the corrupted prompt's different answer, or no 'wrong'",
             )
         )
-    kw["spans"], p = _parse_spans(record.get("spans"), kw.get("clean"), "spans")
+    blank = {key for key in RUNS if not (kw.get(key) or "").strip()}
+    # Spans are checked against their text only when it is there (else one problem is enough).
+    kw["spans"], p = _parse_spans(
+        record.get("spans"), None if "clean" in blank else kw["clean"], "spans"
+    )
     problems += p
+    clean_spans_ok = not p
     corrupted_spans = record.get("corrupted_spans")
     if _is_missing(corrupted_spans):
         # Without corrupted_spans, the clean spans must also fit the corrupted text.
-        if kw.get("corrupted") is not None and kw["spans"]:
+        if "corrupted" not in blank and kw["spans"]:
             _, p = _parse_spans(
                 {s.name: s.to_list() for s in kw["spans"]}, kw["corrupted"], "spans"
             )
@@ -173,12 +174,12 @@ def check_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[
         kw["corrupted_spans"] = None
     else:
         kw["corrupted_spans"], p = _parse_spans(
-            corrupted_spans, kw.get("corrupted"), "corrupted_spans"
+            corrupted_spans, None if "corrupted" in blank else kw["corrupted"], "corrupted_spans"
         )
         problems += p
         clean_names = sorted(s.name for s in kw["spans"])
         corrupted_names = sorted(s.name for s in kw["corrupted_spans"])
-        if not p and clean_names != corrupted_names:
+        if not p and clean_spans_ok and clean_names != corrupted_names:
             problems.append(
                 (
                     "corrupted_spans",
@@ -192,7 +193,8 @@ def check_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[
                 (str(key), "metadata column name is not an identifier (letters, digits, '_')")
             )
             continue
-        meta.append((key, _meta_value(record[key])))
+        if not _is_missing(record[key]):  # an empty CSV cell or Parquet null: column absent
+            meta.append((key, str(record[key])))
     kw["meta"] = tuple(meta)
     return kw, problems
 
@@ -359,7 +361,7 @@ class PromptDataset:
 
     def identity(self) -> dict[str, Any]:
         """The dataset part of a store's identity record."""
-        return {"name": self.name, "digest": self.digest, "n_pairs": len(self.pairs)}
+        return {"name": self.name, "sha256": self.digest, "n_pairs": len(self.pairs)}
 
     def where(self, i: int) -> str:
         """Where pair ``i`` came from, e.g. ``"ioi.jsonl: line 7"``."""

@@ -216,8 +216,12 @@ def _tokenize(
     scored = {}
     for key, run in (("answer", "clean"), ("wrong", "corrupted")):
         rows = [i for i, p in enumerate(dataset) if getattr(p, key) is not None]
-        found = _answer_ids(
-            hf, [dataset[i].text(run) for i in rows], [getattr(dataset[i], key) for i in rows]
+        found = (
+            []
+            if not rows
+            else _answer_ids(
+                hf, [dataset[i].text(run) for i in rows], [getattr(dataset[i], key) for i in rows]
+            )
         )
         ids = np.full(N, -1, np.int32)
         for i, toks in zip(rows, found, strict=True):
