@@ -69,8 +69,9 @@ class PatchBatch:
     answer, wrong : np.ndarray, int, (B,)
     clean_logits : np.ndarray, float32, (B, V)
         The clean run's answer-position logits (the reference for distance metrics).
-    noise : tuple (positions (B, k) int, values (B, k, D) float32), optional
-        Noise added to the base run's ``resid_pre`` at layer 0 (ROME-style corruption).
+    noise : tuple (rows (n,) int, positions (n,) int, values (n, D) float32), optional
+        Noise added to the base run's ``resid_pre`` at layer 0 (ROME-style corruption): one
+        entry per noised token, so spans may differ in length across prompts.
     """
 
     base_tokens: np.ndarray
@@ -80,7 +81,7 @@ class PatchBatch:
     answer: np.ndarray
     wrong: np.ndarray
     clean_logits: np.ndarray
-    noise: tuple[np.ndarray, np.ndarray] | None = None
+    noise: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def size(self) -> int:
@@ -91,10 +92,8 @@ def noise_write(batch: PatchBatch) -> list[SiteWrite]:
     """The base run's noise corruption as an additive write at ``resid_pre.0`` (empty if none)."""
     if batch.noise is None:
         return []
-    positions, values = batch.noise  # (B, k), (B, k, D)
-    B, k = positions.shape
-    rows = np.repeat(np.arange(B), k)
-    return [SiteWrite(SiteKind.RESID_PRE, 0, mx.array(rows), mx.array(positions.reshape(-1)), mx.array(values.reshape(B * k, -1)), add=True)]
+    rows, positions, values = batch.noise  # (n,), (n,), (n, D)
+    return [SiteWrite(SiteKind.RESID_PRE, 0, mx.array(rows), mx.array(positions), mx.array(values), add=True)]
 
 
 def build_writes(batch: PatchBatch, items: list[tuple[PatchEntry, ...]], row_prompt: np.ndarray, row_item: np.ndarray, offset: int) -> tuple[list[SiteWrite], np.ndarray]:

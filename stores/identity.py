@@ -118,6 +118,11 @@ class Identity:
                 raise StoreMismatchError(
                     f"Identity part {part!r} must be a dict, got {type(value).__name__}."
                 )
+            if "digest" in value:
+                raise StoreMismatchError(
+                    f"Identity part {part!r} uses the reserved key 'digest' (the store adds each part's "
+                    "digest under that key); name the field differently, e.g. 'sha256'."
+                )
             try:
                 object.__setattr__(self, part, _plain(dict(value)))
             except (TypeError, ValueError) as e:

@@ -46,8 +46,9 @@ def make_batch(adapter, direction="denoise", noise=False, seed=0):
     noise_spec = None
     if noise:
         corrupted = clean
-        pos = np.stack([ROLE["subj"], ROLE["subj"] - 1 + (ROLE["subj"] == 0)], axis=1)
-        noise_spec = (pos, rng.normal(0, 3.0, (B, 2, adapter.d_model)).astype(np.float32))
+        rows = np.array([0, 0, 1, 2, 2, 2])  # spans of different lengths per prompt
+        pos = np.array([2, 3, 4, 0, 1, 2])
+        noise_spec = (rows, pos, rng.normal(0, 3.0, (len(rows), adapter.d_model)).astype(np.float32))
     clean_sites, clean_logits = run_all(adapter, clean)
     corr_sites, corr_logits = run_all(adapter, corrupted, noise_spec)
     src, base, base_noise = (clean_sites, corrupted, noise_spec) if direction == "denoise" else (corr_sites, clean, None)
