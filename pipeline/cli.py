@@ -37,7 +37,6 @@ from patchsweep.stores.errors import (
     StoreMismatchError,
 )
 from rich.console import Console
-from rich.table import Table
 
 __all__ = [
     "app",
@@ -488,7 +487,7 @@ def _component(row: Any) -> str:
     return f"{site}.{int(row['layer'])}{head}@{row.get('pos', '?')}"
 
 
-def _top_components(table_path: Path, k: int = 10) -> Table | None:
+def _top_components(table_path: Path, k: int = 10) -> str | None:
     """The ``k`` significant components with the smallest q (then the largest |mean|)."""
     import pandas as pd
 
@@ -501,28 +500,31 @@ def _top_components(table_path: Path, k: int = 10) -> Table | None:
     if sig.empty:
         return None
     sig = sig.assign(_abs=sig["mean"].abs()).sort_values(["q", "_abs"], ascending=[True, False])
-    out = Table(title=f"top {min(k, len(sig))} of {len(sig)} significant components")
-    rows = list(sig.head(k).iterrows())
-    labels = [_component(row) for _, row in rows]
-    for c in ("direction", "metric", "component", "n", "mean", "95% CI", "q"):
-        width = max(map(len, labels)) if c == "component" else None
-        out.add_column(
-            c,
-            justify="left" if c in ("direction", "metric", "component") else "right",
-            no_wrap=True,
-            min_width=width,
+    rows = [("direction", "metric", "component", "n", "mean", "95% CI", "q")]
+    for _, row in sig.head(k).iterrows():
+        ci = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        rows.append(
+            (
+                str(row.get("direction", "")),
+                str(row.get("metric", "")),
+                _component(row),
+                str(int(row["n"])),
+                f"{row['mean']:.3f}",
+                ci,
+                f"{row['q']:.2g}",
+            )
         )
-    for label, (_, row) in zip(labels, rows, strict=True):
-        out.add_row(
-            str(row.get("direction", "")),
-            str(row.get("metric", "")),
-            label,
-            str(int(row["n"])),
-            f"{row['mean']:.3f}",
-            f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]",
-            f"{row['q']:.2g}",
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"top {len(rows) - 1} of {len(sig)} significant components (by q):"]
+    lines += [
+        "  "
+        + "  ".join(
+            c.ljust(w) if i < 3 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
         )
-    return out
+        for r in rows
+    ]
+    return "\n".join(lines)
 
 
 def _finish(session: _Session) -> None:
