@@ -331,7 +331,7 @@ def capture(
     identity = Identity(
         model=loaded.identity["model"],
         tokenizer=loaded.identity["tokenizer"],
-        dataset={**td.dataset.identity(), "multi_token": td.multi_token},
+        dataset=_dataset_identity(td),
         spec={
             **spec.to_dict(),
             "corruption": noise.to_dict() if noise is not None else {"kind": "prompts"},
@@ -389,6 +389,12 @@ def capture(
         elapsed_s=time.perf_counter() - start,
         noise_std=noise.std if noise is not None else None,
     )
+
+
+def _dataset_identity(td: TokenizedDataset) -> dict[str, Any]:
+    # PromptDataset.identity() names its hash "digest", the key Identity.to_dict adds itself
+    ds = td.dataset
+    return {"name": ds.name, "sha256": ds.digest, "n_pairs": len(ds), "multi_token": td.multi_token}
 
 
 def _store_sizes(store: ActivationStore) -> tuple[int, int]:
