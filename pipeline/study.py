@@ -62,9 +62,10 @@ from patchsweep.stores.sites import SiteKind
 from .capture import CaptureSpec
 from .compute import ComputeConfig
 from .corruption import NoiseCorruption
-from .datasets import PromptDataset, read_dataset
+from .datasets import PromptDataset, read_dataset, require_aligned, tokenize_dataset
 from .loading import DEMO_MODEL, resolve_model_path
 from .patch import PatchSpec
+from .tokenization import tokenization_problems
 
 __all__ = [
     "DatasetRef",
@@ -508,6 +509,32 @@ def _check_against(
                 )
 
 
+def _token_problems(
+    key: str, ds: PromptDataset, model: str, patch: PatchSpec, noise: bool
+) -> list[StudyProblem]:
+    """Token-level dataset checks with the model's tokenizer (no weights are loaded)."""
+    from mlx_lm.utils import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(model))
+    found = tokenization_problems(ds, tokenizer)
+    if found:
+        return [StudyProblem(f"{key}.path", str(p)) for p in found]
+    absolute = patch.positions == "all" or any(
+        not p.is_role for ps in patch.patch_sets for _, p in ps.entries
+    )
+    if absolute and not noise:  # noise corruption keeps the clean tokens: always aligned
+        try:
+            require_aligned(tokenize_dataset(ds, tokenizer), "positions = 'all'")
+        except PatchsweepError as e:
+            return [
+                StudyProblem(
+                    "patch.positions",
+                    f"{e} Expected role positions for this dataset, e.g. positions = {list(ds.roles)!r}.",
+                )
+            ]
+    return []
+
+
 def load_study(path: str | Path, *, output: str | None = None, check_data: bool = True) -> Study:
     """Read, resolve and check a study file; every problem is reported at once.
 
@@ -640,6 +667,10 @@ def load_study(path: str | Path, *, output: str | None = None, check_data: bool 
                 problems.append(StudyProblem(f"{key}.path", str(e)))
                 continue
             roles = set(ds.roles) if roles is None else roles & set(ds.roles)
+            if model and config and patch is not None:
+                problems += _token_problems(
+                    key, ds, model, patch, corruption is not None or kind == "noise"
+                )
             if span is not None and span not in ds.span_names:
                 spans = ", ".join(ds.span_names) or "(none)"
                 problems.append(
