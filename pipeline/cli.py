@@ -126,11 +126,9 @@ def _command(fn: Callable) -> Callable:
             raise
         except KeyboardInterrupt:
             out.err.print("interrupted; run the same command again to continue where it stopped.")
-            logging.getLogger("patchsweep").warning("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:  # noqa: BLE001 - the CLI boundary
             code = exit_code(exc)
-            logging.getLogger("patchsweep").error("%s: %s", type(exc).__name__, exc)
             if out.debug or not isinstance(exc, PatchsweepError):
                 out.err.print_exception(show_locals=False)
             if isinstance(exc, PatchsweepError):
@@ -154,6 +152,12 @@ def _log_file(folder: Path, argv: list[str]) -> Iterator[Path]:
     logger.info("patchsweep %s", " ".join(argv))
     try:
         yield path
+    except KeyboardInterrupt:
+        logger.warning("interrupted; the same command continues where it stopped")
+        raise
+    except Exception as exc:
+        logger.error("%s: %s", type(exc).__name__, exc)
+        raise
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
@@ -372,7 +376,7 @@ def _stage_state(kind: str, url: str, study, dataset_index: int) -> str:
         differ = [p for p in _PARTS[kind] if stamped.get(p) != mine.get(p)]
         if differ:
             raise StoreMismatchError(
-                f"The {kind} store at {url!r} was made by a study with a different {', '.join(differ)}; "
+                f"The {'capture' if kind == 'capture' else 'results'} store at {url!r} was made by a study with a different {', '.join(differ)}; "
                 "use another output folder (--output), or restore the study file it was made with."
             )
     return "done" if store.is_complete and stamped is not None else "todo"
