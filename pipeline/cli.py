@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+
 from patchsweep.stores.errors import (
     ConfigError,
     DatasetError,
@@ -36,7 +38,6 @@ from patchsweep.stores.errors import (
     StoreError,
     StoreMismatchError,
 )
-from rich.console import Console
 
 __all__ = [
     "app",
@@ -723,6 +724,7 @@ def _dry_run(study) -> str:
     """The plan of a study, as text: prompts, patched runs, work, time and disk estimates."""
     import numpy as np
     from mlx_lm.utils import load_tokenizer
+
     from patchsweep.stores import CaptureLayout
     from patchsweep.stores.sites import Direction, SiteKind
 
