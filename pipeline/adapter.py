@@ -145,7 +145,9 @@ def _set_rows(x: mx.array, w: SiteWrite, value: mx.array) -> mx.array:
     if w.heads is None:
         out[w.rows, w.positions] = out[w.rows, w.positions] + value if w.add else value
     else:
-        out[w.rows, w.positions, w.heads] = out[w.rows, w.positions, w.heads] + value if w.add else value
+        out[w.rows, w.positions, w.heads] = (
+            out[w.rows, w.positions, w.heads] + value if w.add else value
+        )
     return out
 
 
@@ -190,7 +192,9 @@ class _Hook(nn.Module):
         return out
 
     def _call_attn(self, fwd: Forward, *args, **kwargs):
-        return self._adapter._visit(fwd, SiteKind.ATTN_OUT, self._layer, self.inner(*args, **kwargs))
+        return self._adapter._visit(
+            fwd, SiteKind.ATTN_OUT, self._layer, self.inner(*args, **kwargs)
+        )
 
     def _call_mlp(self, fwd: Forward, *args, **kwargs):
         return self._adapter._visit(fwd, SiteKind.MLP_OUT, self._layer, self.inner(*args, **kwargs))
@@ -222,7 +226,9 @@ def _layer_storage(model: nn.Module, layers: list) -> list:
                 return child
             if isinstance(child, nn.Module):
                 stack.append(child)
-    raise ModelAdapterError(f"Cannot adapt {type(model).__name__}: its `layers` are not held in any sub-module list.")
+    raise ModelAdapterError(
+        f"Cannot adapt {type(model).__name__}: its `layers` are not held in any sub-module list."
+    )
 
 
 def _find(module: nn.Module, names: tuple[str, ...]) -> str | None:
@@ -245,16 +251,24 @@ class ModelAdapter:
         layers = getattr(model, "layers", None)
         model_type = getattr(getattr(model, "args", None), "model_type", type(model).__module__)
         if not isinstance(layers, list) or not layers:
-            raise ModelAdapterError(f"Cannot adapt model type {model_type!r}: it has no `layers` list of decoder blocks.")
+            raise ModelAdapterError(
+                f"Cannot adapt model type {model_type!r}: it has no `layers` list of decoder blocks."
+            )
         self.model_type = model_type
         self.n_layers = len(layers)
         self.n_heads = self.n_kv_heads = self.d_head = None
         storage = _layer_storage(model, layers)
         for i, block in enumerate(list(layers)):
             if isinstance(block, _Hook):
-                raise ModelAdapterError("This model is already wrapped by a ModelAdapter; reuse that adapter.")
+                raise ModelAdapterError(
+                    "This model is already wrapped by a ModelAdapter; reuse that adapter."
+                )
             attn_name, mlp_name = _find(block, _ATTN_NAMES), _find(block, _MLP_NAMES)
-            missing = [what for what, name in (("attention module", attn_name), ("MLP module", mlp_name)) if name is None]
+            missing = [
+                what
+                for what, name in (("attention module", attn_name), ("MLP module", mlp_name))
+                if name is None
+            ]
             attn = block.children()[attn_name] if attn_name else None
             oproj_name = _find(attn, _OPROJ_NAMES) if attn is not None else None
             if attn is not None and oproj_name is None:
@@ -270,18 +284,40 @@ class ModelAdapter:
             setattr(attn, oproj_name, _Hook(attn.children()[oproj_name], self, "oproj", i))
             setattr(block, attn_name, _Hook(attn, self, "attn", i))
             setattr(block, mlp_name, _Hook(block.children()[mlp_name], self, "mlp", i))
-            storage[next(j for j, b in enumerate(storage) if b is block)] = _Hook(block, self, "block", i)
+            storage[next(j for j, b in enumerate(storage) if b is block)] = _Hook(
+                block, self, "block", i
+            )
         self.d_model = self._embedding_dim()
 
     def _read_head_shape(self, attn: nn.Module, oproj: nn.Module, model_type: str) -> None:
         args = getattr(self.model, "args", None)
-        n_heads = next((getattr(src, n) for src in (attn, args) for n in ("n_heads", "num_heads", "num_attention_heads", "n_head") if isinstance(getattr(src, n, None), int)), None)
+        n_heads = next(
+            (
+                getattr(src, n)
+                for src in (attn, args)
+                for n in ("n_heads", "num_heads", "num_attention_heads", "n_head")
+                if isinstance(getattr(src, n, None), int)
+            ),
+            None,
+        )
         if n_heads is None:
-            raise ModelAdapterError(f"Cannot adapt model type {model_type!r}: found no head count (n_heads / num_attention_heads) on its attention module or args.")
-        n_kv = next((getattr(src, n) for src in (attn, args) for n in ("n_kv_heads", "num_key_value_heads", "num_kv_heads") if isinstance(getattr(src, n, None), int)), n_heads)
+            raise ModelAdapterError(
+                f"Cannot adapt model type {model_type!r}: found no head count (n_heads / num_attention_heads) on its attention module or args."
+            )
+        n_kv = next(
+            (
+                getattr(src, n)
+                for src in (attn, args)
+                for n in ("n_kv_heads", "num_key_value_heads", "num_kv_heads")
+                if isinstance(getattr(src, n, None), int)
+            ),
+            n_heads,
+        )
         in_dim = _in_features(oproj)
         if in_dim % n_heads:
-            raise ModelAdapterError(f"Cannot adapt model type {model_type!r}: output projection input {in_dim} is not divisible by {n_heads} heads.")
+            raise ModelAdapterError(
+                f"Cannot adapt model type {model_type!r}: output projection input {in_dim} is not divisible by {n_heads} heads."
+            )
         self.n_heads, self.n_kv_heads, self.d_head = n_heads, n_kv, in_dim // n_heads
 
     def _embedding_dim(self) -> int:
@@ -289,7 +325,9 @@ class ModelAdapter:
         for name in ("hidden_size", "n_embd", "d_model", "dim"):
             if isinstance(getattr(args, name, None), int):
                 return getattr(args, name)
-        raise ModelAdapterError(f"Cannot adapt model type {self.model_type!r}: found no model width (hidden_size / n_embd) in its args.")
+        raise ModelAdapterError(
+            f"Cannot adapt model type {self.model_type!r}: found no model width (hidden_size / n_embd) in its args."
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -325,7 +363,9 @@ class ModelAdapter:
 
         return make_prompt_cache(self.model)
 
-    def forward(self, tokens: mx.array, request: Forward | None = None, cache: list | None = None) -> ForwardResult:
+    def forward(
+        self, tokens: mx.array, request: Forward | None = None, cache: list | None = None
+    ) -> ForwardResult:
         """Run the model on ``tokens`` (B, L) under ``request``.
 
         Returns logits for the unembedded positions (B, k, vocab) and the recorded sites.
@@ -351,14 +391,22 @@ class ModelAdapter:
 
     def _validate(self, request: Forward, tokens: mx.array) -> None:
         if not 0 <= request.start_layer < self.n_layers:
-            raise ModelAdapterError(f"start_layer {request.start_layer} is outside 0..{self.n_layers - 1}.")
+            raise ModelAdapterError(
+                f"start_layer {request.start_layer} is outside 0..{self.n_layers - 1}."
+            )
         if request.start_layer > 0 and request.start_resid is None:
-            raise ModelAdapterError(f"start_layer {request.start_layer} needs start_resid, the residual stream entering that block.")
+            raise ModelAdapterError(
+                f"start_layer {request.start_layer} needs start_resid, the residual stream entering that block."
+            )
         for kind, layer in (*request.reads, *((w.kind, w.layer) for w in request.writes)):
             if not 0 <= layer < self.n_layers:
-                raise ModelAdapterError(f"site {kind}.{layer} is outside layers 0..{self.n_layers - 1}.")
+                raise ModelAdapterError(
+                    f"site {kind}.{layer} is outside layers 0..{self.n_layers - 1}."
+                )
             if layer < request.start_layer:
-                raise ModelAdapterError(f"site {kind}.{layer} lies below start_layer {request.start_layer}; it is never computed.")
+                raise ModelAdapterError(
+                    f"site {kind}.{layer} lies below start_layer {request.start_layer}; it is never computed."
+                )
 
     def _visit(self, fwd: Forward, kind: SiteKind, layer: int, x: mx.array) -> mx.array:
         for w in fwd._writes_at.get((kind, layer), ()):
@@ -377,7 +425,14 @@ class ModelAdapter:
 
 def _dense_weight(linear: nn.Module) -> mx.array:
     if isinstance(linear, nn.QuantizedLinear):
-        return mx.dequantize(linear.weight, linear.scales, linear.get("biases"), linear.group_size, linear.bits, mode=getattr(linear, "mode", "affine"))
+        return mx.dequantize(
+            linear.weight,
+            linear.scales,
+            linear.get("biases"),
+            linear.group_size,
+            linear.bits,
+            mode=getattr(linear, "mode", "affine"),
+        )
     return linear.weight
 
 

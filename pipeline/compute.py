@@ -60,7 +60,9 @@ class ComputeConfig:
         if self.device not in ("auto", "cpu", "gpu"):
             raise ConfigError(f"compute device {self.device!r} is not one of 'auto', 'cpu', 'gpu'.")
         if self.dtype not in ("auto", *_DTYPES):
-            raise ConfigError(f"compute dtype {self.dtype!r} is not one of 'auto', {', '.join(map(repr, _DTYPES))}.")
+            raise ConfigError(
+                f"compute dtype {self.dtype!r} is not one of 'auto', {', '.join(map(repr, _DTYPES))}."
+            )
 
     def to_dict(self) -> dict:
         return {"device": self.device, "dtype": self.dtype}
@@ -76,7 +78,9 @@ def resolve_device(config: ComputeConfig) -> mx.Device:
         return mx.Device(mx.cpu)
     if config.device == "gpu":
         if not mx.is_available(mx.gpu):
-            raise ConfigError("compute device 'gpu' was asked for, but MLX sees no GPU here (use 'cpu' or 'auto').")
+            raise ConfigError(
+                "compute device 'gpu' was asked for, but MLX sees no GPU here (use 'cpu' or 'auto')."
+            )
         return mx.Device(mx.gpu)
     return mx.default_device()
 
@@ -132,14 +136,26 @@ def dequantize(model: nn.Module, dtype: mx.Dtype = mx.float32) -> DequantizeRepo
                     setattr(parent, name, dense)
 
     replace(model)
-    model.update(tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p, model.parameters()))
+    model.update(
+        tree_map(
+            lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p,
+            model.parameters(),
+        )
+    )
     mx.eval(model.parameters())
     return DequantizeReport(count, before, _nbytes(model))
 
 
 def _dense_of(module: nn.Module, dtype: mx.Dtype) -> nn.Module | None:
     if isinstance(module, nn.QuantizedLinear):
-        w = mx.dequantize(module.weight, module.scales, module.get("biases"), module.group_size, module.bits, mode=getattr(module, "mode", "affine"))
+        w = mx.dequantize(
+            module.weight,
+            module.scales,
+            module.get("biases"),
+            module.group_size,
+            module.bits,
+            mode=getattr(module, "mode", "affine"),
+        )
         out_dim, in_dim = w.shape
         dense = nn.Linear(in_dim, out_dim, bias="bias" in module)
         dense.weight = w.astype(dtype)
@@ -147,14 +163,23 @@ def _dense_of(module: nn.Module, dtype: mx.Dtype) -> nn.Module | None:
             dense.bias = module.bias.astype(dtype)
         return dense
     if isinstance(module, nn.QuantizedEmbedding):
-        w = mx.dequantize(module.weight, module.scales, module.get("biases"), module.group_size, module.bits, mode=getattr(module, "mode", "affine"))
+        w = mx.dequantize(
+            module.weight,
+            module.scales,
+            module.get("biases"),
+            module.group_size,
+            module.bits,
+            mode=getattr(module, "mode", "affine"),
+        )
         dense = nn.Embedding(*w.shape)
         dense.weight = w.astype(dtype)
         return dense
     return None
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 3, dtype: mx.Dtype = mx.float32, device: mx.Device | None = None) -> float:
+def matmul_gflops(
+    n: int = 1024, repeats: int = 3, dtype: mx.Dtype = mx.float32, device: mx.Device | None = None
+) -> float:
     """Measure MLX matmul throughput: best of ``repeats`` timed ``n x n @ n x n`` products."""
     device = device or mx.default_device()
     with mx.stream(device):
@@ -191,7 +216,14 @@ def check_cpu_speed(device: mx.Device | None = None) -> float | None:
     return _SPEED_CHECKED["cpu"]
 
 
-def forward_flops(n_params_body: int, vocab: int, d_model: int, n_layers: int, tokens: int, unembed_tokens: int | None = None) -> float:
+def forward_flops(
+    n_params_body: int,
+    vocab: int,
+    d_model: int,
+    n_layers: int,
+    tokens: int,
+    unembed_tokens: int | None = None,
+) -> float:
     """Estimated FLOPs of one forward pass over ``tokens`` positions of one prompt.
 
     ``2 * params`` per token through the blocks, the attention score/value products
@@ -239,7 +271,9 @@ class ComputePlan:
         return out
 
 
-def compute_plan(config: ComputeConfig | None = None, model_info: dict | None = None) -> ComputePlan:
+def compute_plan(
+    config: ComputeConfig | None = None, model_info: dict | None = None
+) -> ComputePlan:
     """Measure and describe the compute set-up (device, dtype, BLAS, GFLOP/s)."""
     config = config or ComputeConfig()
     device = resolve_device(config)

@@ -33,7 +33,15 @@ log = logging.getLogger(__name__)
 #: The demo model shipped with the project (trained by datasets/train_demo_model.py).
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "datasets" / "demo-model"
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 
 
 @dataclass
@@ -75,7 +83,9 @@ def resolve_model_path(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise StoreNotFoundError(f"Model folder {path} has no config.json; expected an mlx-lm model folder (config.json, *.safetensors, tokenizer files).")
+            raise StoreNotFoundError(
+                f"Model folder {path} has no config.json; expected an mlx-lm model folder (config.json, *.safetensors, tokenizer files)."
+            )
         return path.resolve()
     if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
         try:
@@ -87,7 +97,9 @@ def resolve_model_path(source: str | Path) -> Path:
                 f"Model {source!r} is not a local folder and is not in the local Hugging Face cache ({type(exc).__name__}). "
                 f"patchsweep never downloads: fetch it first on a machine with network (`huggingface-cli download {source}`) or pass a local folder."
             ) from None
-    raise StoreNotFoundError(f"Model path {str(source)!r} does not exist; pass an mlx-lm model folder or a cached Hugging Face repo id like 'org/name'.")
+    raise StoreNotFoundError(
+        f"Model path {str(source)!r} does not exist; pass an mlx-lm model folder or a cached Hugging Face repo id like 'org/name'."
+    )
 
 
 def _sha256_files(paths: list[Path]) -> str:
@@ -106,12 +118,17 @@ def model_identity(path: Path, config: dict) -> dict:
     tokenizer = [path / n for n in _TOKENIZER_FILES if (path / n).is_file()]
     config_clean = {k: v for k, v in config.items() if not k.startswith("_")}
     return {
-        "model": {"config": json.loads(json.dumps(config_clean, sort_keys=True, default=str)), "weights_sha256": _sha256_files(weights)},
+        "model": {
+            "config": json.loads(json.dumps(config_clean, sort_keys=True, default=str)),
+            "weights_sha256": _sha256_files(weights),
+        },
         "tokenizer": {"files_sha256": _sha256_files(tokenizer)},
     }
 
 
-def load_model(source: str | Path = DEMO_MODEL, compute: ComputeConfig | None = None) -> LoadedModel:
+def load_model(
+    source: str | Path = DEMO_MODEL, compute: ComputeConfig | None = None
+) -> LoadedModel:
     """Load an mlx-lm model and tokenizer and wrap the model for site access.
 
     Parameters
@@ -134,16 +151,36 @@ def load_model(source: str | Path = DEMO_MODEL, compute: ComputeConfig | None = 
     except ValueError as exc:
         raise ConfigError(f"mlx-lm cannot load the model in {path}: {exc}") from None
     tokenizer = load_tokenizer(path)
-    model_dtype = next((p.dtype for _, p in tree_flatten(model.parameters()) if mx.issubdtype(p.dtype, mx.floating)), mx.float32)
+    model_dtype = next(
+        (
+            p.dtype
+            for _, p in tree_flatten(model.parameters())
+            if mx.issubdtype(p.dtype, mx.floating)
+        ),
+        mx.float32,
+    )
     dtype = compute_dtype(compute, device, model_dtype)
     report = None
-    is_quantized = any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+    is_quantized = any(
+        isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()
+    )
     if is_quantized and dtype == mx.float32:
         report = dequantize(model, dtype)
-        log.info("dequantized %d quantized layers for float32 compute: +%.1f MiB", report.layers, report.extra_bytes / 2**20)
+        log.info(
+            "dequantized %d quantized layers for float32 compute: +%.1f MiB",
+            report.layers,
+            report.extra_bytes / 2**20,
+        )
     elif model_dtype != dtype:
-        model.update(tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p, model.parameters()))
+        model.update(
+            tree_map(
+                lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p,
+                model.parameters(),
+            )
+        )
     mx.eval(model.parameters())
     model.eval()
     identity = model_identity(path, config)
-    return LoadedModel(model, tokenizer, ModelAdapter(model), path, config, identity, device, dtype, report)
+    return LoadedModel(
+        model, tokenizer, ModelAdapter(model), path, config, identity, device, dtype, report
+    )

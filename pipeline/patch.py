@@ -408,7 +408,7 @@ def _patch_chunk(
         for run in ("clean", "corrupted")
     }
     ids = [str(x) for x in cap.zarr_array("prompt")[rows]]
-    M, L, X = len(spec.metrics), len(ctx.layers), len(ctx.positions)
+    L, X = len(ctx.layers), len(ctx.positions)
     out: dict[str, np.ndarray] = {}
     for run in ("clean", "corrupted"):
         base = score(

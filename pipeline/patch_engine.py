@@ -93,10 +93,20 @@ def noise_write(batch: PatchBatch) -> list[SiteWrite]:
     if batch.noise is None:
         return []
     rows, positions, values = batch.noise  # (n,), (n,), (n, D)
-    return [SiteWrite(SiteKind.RESID_PRE, 0, mx.array(rows), mx.array(positions), mx.array(values), add=True)]
+    return [
+        SiteWrite(
+            SiteKind.RESID_PRE, 0, mx.array(rows), mx.array(positions), mx.array(values), add=True
+        )
+    ]
 
 
-def build_writes(batch: PatchBatch, items: list[tuple[PatchEntry, ...]], row_prompt: np.ndarray, row_item: np.ndarray, offset: int) -> tuple[list[SiteWrite], np.ndarray]:
+def build_writes(
+    batch: PatchBatch,
+    items: list[tuple[PatchEntry, ...]],
+    row_prompt: np.ndarray,
+    row_item: np.ndarray,
+    offset: int,
+) -> tuple[list[SiteWrite], np.ndarray]:
     """Site writes for rows ``r`` = (item ``row_item[r]``, prompt ``row_prompt[r]``).
 
     Window positions are absolute positions minus ``offset`` (the prefix cache length).
@@ -113,7 +123,9 @@ def build_writes(batch: PatchBatch, items: list[tuple[PatchEntry, ...]], row_pro
             src = batch.source_pos(e.position)[prompts]
             ok = (base >= 0) & (src >= 0)
             valid[rows[~ok]] = False
-            parts[(e.kind, e.layer)].append((rows[ok], base[ok] - offset, prompts[ok], src[ok], e.head))
+            parts[(e.kind, e.layer)].append(
+                (rows[ok], base[ok] - offset, prompts[ok], src[ok], e.head)
+            )
     writes = []
     for (kind, layer), chunks in parts.items():
         acts = batch.source(kind, layer)
@@ -126,10 +138,21 @@ def build_writes(batch: PatchBatch, items: list[tuple[PatchEntry, ...]], row_pro
         if kind is SiteKind.HEAD:
             heads = np.concatenate([np.full(c[0].shape, c[4]) for c in chunks])
             values = acts[prompts, src, heads]  # (n, d_head)
-            writes.append(SiteWrite(kind, layer, mx.array(rows), mx.array(window), mx.array(values), heads=mx.array(heads)))
+            writes.append(
+                SiteWrite(
+                    kind,
+                    layer,
+                    mx.array(rows),
+                    mx.array(window),
+                    mx.array(values),
+                    heads=mx.array(heads),
+                )
+            )
         else:
             values = acts[prompts, src]  # (n, D)
-            writes.append(SiteWrite(kind, layer, mx.array(rows), mx.array(window), mx.array(values)))
+            writes.append(
+                SiteWrite(kind, layer, mx.array(rows), mx.array(window), mx.array(values))
+            )
     return writes, valid
 
 
@@ -150,7 +173,12 @@ class PatchEngine:
         self.max_rows = max_rows
         self.stats = {"forwards": 0, "rows": 0, "token_layers": 0}
 
-    def run(self, batch: PatchBatch, items: list[tuple[PatchEntry, ...]], on_progress: Callable[[int], None] | None = None) -> EngineResult:
+    def run(
+        self,
+        batch: PatchBatch,
+        items: list[tuple[PatchEntry, ...]],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> EngineResult:
         """Metric values of every item on every prompt of ``batch``, and of the unpatched base run.
 
         Returns
@@ -171,7 +199,11 @@ class PatchEngine:
                 continue  # no prompt has this position: stays NaN
             groups[(min(e.layer for e in item), int(present.min()))].append(i)
         per_forward = max(1, self.max_rows // B)
-        answer, wrong, clean = mx.array(batch.answer), mx.array(batch.wrong), mx.array(batch.clean_logits)
+        answer, wrong, clean = (
+            mx.array(batch.answer),
+            mx.array(batch.wrong),
+            mx.array(batch.clean_logits),
+        )
         for (layer, p), ids in sorted(groups.items()):
             for k in range(0, len(ids), per_forward):
                 chunk = ids[k : k + per_forward]
@@ -180,9 +212,21 @@ class PatchEngine:
                 row_prompt = np.tile(np.arange(B), len(chunk))
                 writes, valid = build_writes(batch, chunk_items, row_prompt, row_item, offset=p)
                 idx = mx.array(row_prompt)
-                cache = [PrefixKVCache(keys[idx, :, :p], values[idx, :, :p]) if p > 0 else PrefixKVCache() for keys, values in base.kv]
-                fwd = Forward(writes=writes, start_layer=layer, start_resid=base.resid_pre[layer][idx, p:], unembed="last")
-                logits = self.adapter.forward(mx.array(batch.base_tokens[row_prompt, p:]), fwd, cache=cache).logits[:, 0]
+                cache = [
+                    PrefixKVCache(keys[idx, :, :p], values[idx, :, :p])
+                    if p > 0
+                    else PrefixKVCache()
+                    for keys, values in base.kv
+                ]
+                fwd = Forward(
+                    writes=writes,
+                    start_layer=layer,
+                    start_resid=base.resid_pre[layer][idx, p:],
+                    unembed="last",
+                )
+                logits = self.adapter.forward(
+                    mx.array(batch.base_tokens[row_prompt, p:]), fwd, cache=cache
+                ).logits[:, 0]
                 scores = score(logits, answer[idx], wrong[idx], clean[idx], self.metrics)
                 mx.eval(scores)
                 values_np = np.array(scores, copy=False).reshape(len(chunk), B, -1)
@@ -203,8 +247,18 @@ class PatchEngine:
         L = self.adapter.n_layers
         caches = [PrefixKVCache() for _ in range(L)]
         reads = {(SiteKind.RESID_PRE, layer): None for layer in range(L)}
-        res = self.adapter.forward(mx.array(batch.base_tokens), Forward(reads=reads, writes=noise_write(batch), unembed="last"), cache=caches)
-        scores = score(res.logits[:, 0], mx.array(batch.answer), mx.array(batch.wrong), mx.array(batch.clean_logits), self.metrics)
+        res = self.adapter.forward(
+            mx.array(batch.base_tokens),
+            Forward(reads=reads, writes=noise_write(batch), unembed="last"),
+            cache=caches,
+        )
+        scores = score(
+            res.logits[:, 0],
+            mx.array(batch.answer),
+            mx.array(batch.wrong),
+            mx.array(batch.clean_logits),
+            self.metrics,
+        )
         resid = [res.sites[(SiteKind.RESID_PRE, layer)] for layer in range(L)]
         kv = [(c.keys, c.values) for c in caches]
         mx.eval(scores, resid, kv)

@@ -19,16 +19,24 @@ from .scoring import score
 __all__ = ["naive_patch"]
 
 
-def naive_patch(adapter: ModelAdapter, batch: PatchBatch, items: list[tuple[PatchEntry, ...]], metrics: tuple) -> np.ndarray:
+def naive_patch(
+    adapter: ModelAdapter, batch: PatchBatch, items: list[tuple[PatchEntry, ...]], metrics: tuple
+) -> np.ndarray:
     """Metric values (n_items, B, M) by one full forward pass (all prompts, all positions) per item."""
     B, _ = batch.base_tokens.shape
     tokens = mx.array(batch.base_tokens)
-    answer, wrong, clean = mx.array(batch.answer), mx.array(batch.wrong), mx.array(batch.clean_logits)
+    answer, wrong, clean = (
+        mx.array(batch.answer),
+        mx.array(batch.wrong),
+        mx.array(batch.clean_logits),
+    )
     out = np.full((len(items), B, len(metrics)), np.nan, dtype=np.float32)
     rows = np.arange(B)
     for i, item in enumerate(items):
         writes, valid = build_writes(batch, [item], rows, np.zeros(B, dtype=int), offset=0)
-        logits = adapter.forward(tokens, Forward(writes=[*noise_write(batch), *writes])).logits  # (B, T, V)
+        logits = adapter.forward(
+            tokens, Forward(writes=[*noise_write(batch), *writes])
+        ).logits  # (B, T, V)
         values = score(logits[:, -1], answer, wrong, clean, metrics)
         mx.eval(values)
         out[i] = np.where(valid[:, None], np.array(values), np.nan)

@@ -15,7 +15,13 @@ from patchsweep.stores.metrics import Metric
 __all__ = ["score"]
 
 
-def score(logits: mx.array, answer: mx.array, wrong: mx.array, clean_logits: mx.array, metrics: tuple[Metric, ...]) -> mx.array:
+def score(
+    logits: mx.array,
+    answer: mx.array,
+    wrong: mx.array,
+    clean_logits: mx.array,
+    metrics: tuple[Metric, ...],
+) -> mx.array:
     """Metric values for each row.
 
     Parameters
@@ -54,6 +60,8 @@ def score(logits: mx.array, answer: mx.array, wrong: mx.array, clean_logits: mx.
             out.append(mx.mean(mx.square(logits - clean_logits), axis=-1))
         elif metric is Metric.COSINE:
             dot = mx.sum(logits * clean_logits, axis=-1)
-            norms = mx.sqrt(mx.sum(mx.square(logits), axis=-1)) * mx.sqrt(mx.sum(mx.square(clean_logits), axis=-1))
+            norms = mx.sqrt(mx.sum(mx.square(logits), axis=-1)) * mx.sqrt(
+                mx.sum(mx.square(clean_logits), axis=-1)
+            )
             out.append(1.0 - dot / mx.maximum(norms, 1e-30))
     return mx.stack(out, axis=-1)

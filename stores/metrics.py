@@ -12,14 +12,14 @@ the final logits, in float32. Two families, which analysis normalises differentl
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from .errors import ConfigError
 
 __all__ = ["Metric"]
 
 
-class Metric(str, Enum):
+class Metric(StrEnum):
     LOGIT_DIFF = "logit_diff"  # logit[answer] - logit[wrong]
     LOGPROB = "logprob"  # log softmax[answer]
     PROB = "prob"  # softmax[answer]

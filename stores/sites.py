@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from .errors import ConfigError
 
@@ -27,7 +27,7 @@ __all__ = ["SiteKind", "Site", "Position", "Direction", "PatchSet", "ROLE_PATTER
 ROLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class SiteKind(str, Enum):
+class SiteKind(StrEnum):
     """A kind of activation site inside a decoder block.
 
     ``resid_pre`` is the input of block ``l``; ``attn_out`` and ``mlp_out`` are the outputs of
@@ -71,7 +71,9 @@ class Site:
                     f"A head site needs a head index >= 0, got {self.head!r} (e.g. 'head.3.5')."
                 )
         elif self.head is not None:
-            raise ConfigError(f"Only head sites take a head index; got {self.kind}.{self.layer} with head {self.head}.")
+            raise ConfigError(
+                f"Only head sites take a head index; got {self.kind}.{self.layer} with head {self.head}."
+            )
 
     def __str__(self) -> str:
         if self.kind is SiteKind.HEAD:
@@ -85,7 +87,9 @@ class Site:
         expected = 3 if kind is SiteKind.HEAD else 2
         if len(parts) != expected or not all(p.isdigit() for p in parts[1:]):
             form = "head.<layer>.<head>" if kind is SiteKind.HEAD else f"{kind.value}.<layer>"
-            raise ConfigError(f"Cannot parse site {text!r}. Expected {form!r}, e.g. {form.replace('<layer>', '3').replace('<head>', '5')!r}.")
+            raise ConfigError(
+                f"Cannot parse site {text!r}. Expected {form!r}, e.g. {form.replace('<layer>', '3').replace('<head>', '5')!r}."
+            )
         head = int(parts[2]) if kind is SiteKind.HEAD else None
         return cls(kind, int(parts[1]), head)
 
@@ -103,11 +107,17 @@ class Position:
 
     def __post_init__(self) -> None:
         if (self.index is None) == (self.role is None):
-            raise ConfigError(f"A position is either an index or a role, got index={self.index!r}, role={self.role!r}.")
-        if self.index is not None and (not isinstance(self.index, int) or isinstance(self.index, bool) or self.index < 0):
+            raise ConfigError(
+                f"A position is either an index or a role, got index={self.index!r}, role={self.role!r}."
+            )
+        if self.index is not None and (
+            not isinstance(self.index, int) or isinstance(self.index, bool) or self.index < 0
+        ):
             raise ConfigError(f"Position index must be an integer >= 0, got {self.index!r}.")
         if self.role is not None and not ROLE_PATTERN.match(self.role):
-            raise ConfigError(f"Role name {self.role!r} is not an identifier (letters, digits, '_', not starting with a digit).")
+            raise ConfigError(
+                f"Role name {self.role!r} is not an identifier (letters, digits, '_', not starting with a digit)."
+            )
 
     @property
     def is_role(self) -> bool:
@@ -125,10 +135,12 @@ class Position:
             return cls(index=int(s))
         if ROLE_PATTERN.match(s):
             return cls(role=s)
-        raise ConfigError(f"Cannot parse position {text!r}. Expected a token index like '7' or a role name like 'subject_last'.")
+        raise ConfigError(
+            f"Cannot parse position {text!r}. Expected a token index like '7' or a role name like 'subject_last'."
+        )
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     """Which run is patched with which.
 
     ``denoise``: clean activations are written into the corrupted run (does the site restore
@@ -155,7 +167,9 @@ class Direction(str, Enum):
         try:
             return cls(str(text).strip())
         except ValueError:
-            raise ConfigError(f"Unknown direction {text!r}. Expected 'denoise' or 'noise'.") from None
+            raise ConfigError(
+                f"Unknown direction {text!r}. Expected 'denoise' or 'noise'."
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -167,10 +181,20 @@ class PatchSet:
 
     def __post_init__(self) -> None:
         if not ROLE_PATTERN.match(self.name):
-            raise ConfigError(f"Patch set name {self.name!r} must be an identifier (letters, digits, '_').")
-        entries = tuple((e[0] if isinstance(e[0], Site) else Site.parse(e[0]), e[1] if isinstance(e[1], Position) else Position.parse(e[1])) for e in self.entries)
+            raise ConfigError(
+                f"Patch set name {self.name!r} must be an identifier (letters, digits, '_')."
+            )
+        entries = tuple(
+            (
+                e[0] if isinstance(e[0], Site) else Site.parse(e[0]),
+                e[1] if isinstance(e[1], Position) else Position.parse(e[1]),
+            )
+            for e in self.entries
+        )
         if not entries:
-            raise ConfigError(f"Patch set {self.name!r} has no entries; give at least one 'site@position'.")
+            raise ConfigError(
+                f"Patch set {self.name!r} has no entries; give at least one 'site@position'."
+            )
         if len(set(entries)) != len(entries):
             raise ConfigError(f"Patch set {self.name!r} lists the same site@position twice.")
         object.__setattr__(self, "entries", entries)
@@ -186,12 +210,16 @@ class PatchSet:
     def parse(cls, text: str) -> PatchSet:
         name, sep, body = str(text).strip().partition("=")
         if not sep or not body:
-            raise ConfigError(f"Cannot parse patch set {text!r}. Expected 'name=site@pos+site@pos', e.g. 'mlp_window=mlp_out.3@subject_last+mlp_out.4@subject_last'.")
+            raise ConfigError(
+                f"Cannot parse patch set {text!r}. Expected 'name=site@pos+site@pos', e.g. 'mlp_window=mlp_out.3@subject_last+mlp_out.4@subject_last'."
+            )
         entries = []
         for item in body.split("+"):
             site, at, pos = item.partition("@")
             if not at:
-                raise ConfigError(f"Patch set entry {item!r} in {text!r} has no '@position'. Expected 'site@position', e.g. 'mlp_out.3@subject_last'.")
+                raise ConfigError(
+                    f"Patch set entry {item!r} in {text!r} has no '@position'. Expected 'site@position', e.g. 'mlp_out.3@subject_last'."
+                )
             entries.append((Site.parse(site), Position.parse(pos)))
         return cls(name.strip(), tuple(entries))
 
@@ -200,4 +228,6 @@ class PatchSet:
 
     @classmethod
     def from_dict(cls, data: dict) -> PatchSet:
-        return cls(data["name"], tuple((Site.parse(s), Position.parse(p)) for s, p in data["entries"]))
+        return cls(
+            data["name"], tuple((Site.parse(s), Position.parse(p)) for s, p in data["entries"])
+        )

@@ -10,7 +10,13 @@ from patchsweep.stores.errors import ModelAdapterError
 from patchsweep.stores.sites import SiteKind
 from tests.tiny_models import ARCHITECTURES, random_tokens, tiny_model
 
-KINDS = [SiteKind.RESID_PRE, SiteKind.ATTN_OUT, SiteKind.MLP_OUT, SiteKind.RESID_POST, SiteKind.HEAD]
+KINDS = [
+    SiteKind.RESID_PRE,
+    SiteKind.ATTN_OUT,
+    SiteKind.MLP_OUT,
+    SiteKind.RESID_POST,
+    SiteKind.HEAD,
+]
 ADDITIVE = {"llama", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox", "starcoder2", "llama_4bit"}
 B, L = 3, 9
 
@@ -67,7 +73,12 @@ def test_forward_overwrite_changes_only_its_row_and_later_positions(setup, kind)
     _, adapter, tokens, reference, res = setup
     p = 4
     shape = res.sites[(kind, 1)].shape[2:]
-    value = mx.random.normal((1, *shape[1:]) if kind is SiteKind.HEAD else (1, *shape), key=mx.random.key(3)) * 10
+    value = (
+        mx.random.normal(
+            (1, *shape[1:]) if kind is SiteKind.HEAD else (1, *shape), key=mx.random.key(3)
+        )
+        * 10
+    )
     heads = mx.array([0]) if kind is SiteKind.HEAD else None
     write = SiteWrite(kind, 1, mx.array([1]), mx.array([p]), value, heads=heads)
     out = np.asarray(adapter.forward(tokens, Forward(writes=[write])).logits)
@@ -82,7 +93,9 @@ def test_resid_post_is_pre_plus_attn_plus_mlp(setup):
     for layer in range(adapter.n_layers):
         s = {k: res.sites[(k, layer)] for k in KINDS}
         attn, mlp = s[SiteKind.ATTN_OUT], s[SiteKind.MLP_OUT]
-        if arch not in ADDITIVE:  # gemma2/gemma3/olmo2: outputs are normalised before the residual add
+        if (
+            arch not in ADDITIVE
+        ):  # gemma2/gemma3/olmo2: outputs are normalised before the residual add
             block = adapter.block(layer)
             attn, mlp = block.post_attention_layernorm(attn), block.post_feedforward_layernorm(mlp)
         close(s[SiteKind.RESID_POST], s[SiteKind.RESID_PRE] + attn + mlp)
@@ -139,9 +152,16 @@ def test_forward_without_logits_stops_after_deepest_site(setup):
 def test_forward_reads_selected_positions(setup):
     _, adapter, tokens, _, res = setup
     idx = mx.array([[0, 8], [3, 3], [7, 1]])
-    got = adapter.forward(tokens, Forward(reads={(SiteKind.RESID_POST, 2): idx, (SiteKind.HEAD, 2): idx}, logits=False)).sites
+    got = adapter.forward(
+        tokens,
+        Forward(reads={(SiteKind.RESID_POST, 2): idx, (SiteKind.HEAD, 2): idx}, logits=False),
+    ).sites
     full = np.asarray(res.sites[(SiteKind.RESID_POST, 2)])
-    close(got[(SiteKind.RESID_POST, 2)], np.stack([full[b, np.asarray(idx[b])] for b in range(B)]), tol=1e-6)
+    close(
+        got[(SiteKind.RESID_POST, 2)],
+        np.stack([full[b, np.asarray(idx[b])] for b in range(B)]),
+        tol=1e-6,
+    )
     assert got[(SiteKind.HEAD, 2)].shape == (B, 2, adapter.n_heads, adapter.d_head)
 
 
@@ -172,4 +192,11 @@ def test_adapter_rejects_block_without_attention():
 def test_forward_rejects_site_below_start_layer(setup):
     _, adapter, tokens, _, res = setup
     with pytest.raises(ModelAdapterError, match="below start_layer"):
-        adapter.forward(tokens, Forward(reads={(SiteKind.MLP_OUT, 0): None}, start_layer=1, start_resid=res.sites[(SiteKind.RESID_PRE, 1)]))
+        adapter.forward(
+            tokens,
+            Forward(
+                reads={(SiteKind.MLP_OUT, 0): None},
+                start_layer=1,
+                start_resid=res.sites[(SiteKind.RESID_PRE, 1)],
+            ),
+        )

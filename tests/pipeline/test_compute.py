@@ -19,7 +19,9 @@ def test_dequantize_matches_quantized_logits():
     dense = np.asarray(model(tokens))
     assert report.layers > 0
     assert report.extra_bytes > 0
-    assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+    assert not any(
+        isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()
+    )
     np.testing.assert_allclose(dense, quantized, atol=1e-4 * np.abs(quantized).max())
 
 
@@ -35,7 +37,9 @@ def test_matmul_gflops_is_positive_and_finite():
     assert 0 < g < 1e6
 
 
-@pytest.mark.skipif(not blas.status().loaded, reason="OpenBLAS preload only applies on Linux with cmeel-openblas")
+@pytest.mark.skipif(
+    not blas.status().loaded, reason="OpenBLAS preload only applies on Linux with cmeel-openblas"
+)
 def test_openblas_preload_makes_float32_matmul_fast():
     # The reference BLAS of the mlx-cpu wheel runs ~5 GFLOP/s here; OpenBLAS > 50 even on 2 cores.
     assert compute.matmul_gflops(n=1024, repeats=2) > compute.SLOW_GFLOPS
@@ -49,7 +53,9 @@ def test_compute_plan_lists_device_blas_and_speed():
     assert plan.to_dict()["blas"]["reason"]
 
 
-@pytest.mark.parametrize("field,value,match", [("device", "tpu", "compute device"), ("dtype", "int8", "compute dtype")])
+@pytest.mark.parametrize(
+    "field,value,match", [("device", "tpu", "compute device"), ("dtype", "int8", "compute dtype")]
+)
 def test_compute_config_rejects_bad_values(field, value, match):
     with pytest.raises(ConfigError, match=match):
         compute.ComputeConfig(**{field: value})

@@ -5,7 +5,6 @@ from an in-memory forward of the model, one prompt at a time), independent of th
 bucketing and the engine's shortcuts.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -48,7 +47,13 @@ def lm(model_dir):
 @pytest.fixture(scope="module")
 def captured(lm, tmp_path_factory):
     url = tmp_path_factory.mktemp("cap") / "cap.zarr"
-    capture(lm, make_dataset(5), CaptureSpec(sites=ALL, chunk_prompts=2, batch_size=3), url, progress=False)
+    capture(
+        lm,
+        make_dataset(5),
+        CaptureSpec(sites=ALL, chunk_prompts=2, batch_size=3),
+        url,
+        progress=False,
+    )
     return url
 
 
@@ -79,7 +84,13 @@ def naive_for_prompt(lm, td, i, direction, items, metrics):
 
 @pytest.mark.parametrize("positions", ["all", ("subject_last", "last")])
 def test_patch_results_match_naive_reference(lm, captured, tmp_path, positions):
-    spec = PatchSpec(sites=ALL, positions=positions, directions=("denoise", "noise"), patch_sets=(SET,), max_rows=24)
+    spec = PatchSpec(
+        sites=ALL,
+        positions=positions,
+        directions=("denoise", "noise"),
+        patch_sets=(SET,),
+        max_rows=24,
+    )
     summary = patch(lm, captured, spec, tmp_path / "res.zarr", progress=False)
     assert summary.chunks_done == 3
     res = ResultsStore.open(tmp_path / "res.zarr")
@@ -109,8 +120,19 @@ def test_patch_results_match_naive_reference(lm, captured, tmp_path, positions):
             want = naive_for_prompt(lm, td, i, d, items, metrics)
             for m_ix, m in enumerate(metrics):
                 got = np.array([res.zarr_array(f"{d}_{suffix}{m}")[(i, *w)] for suffix, w in where])
-                scale = max(np.nanmax(np.abs(want[:, m_ix])), np.abs(res.zarr_array(f"corrupted_{m}")[i]), 1e-6)
-                np.testing.assert_allclose(got, want[:, m_ix], rtol=1e-4, atol=1e-4 * scale, equal_nan=True, err_msg=f"{d} {m} prompt {i}")
+                scale = max(
+                    np.nanmax(np.abs(want[:, m_ix])),
+                    np.abs(res.zarr_array(f"corrupted_{m}")[i]),
+                    1e-6,
+                )
+                np.testing.assert_allclose(
+                    got,
+                    want[:, m_ix],
+                    rtol=1e-4,
+                    atol=1e-4 * scale,
+                    equal_nan=True,
+                    err_msg=f"{d} {m} prompt {i}",
+                )
     if positions == "all":  # positions past a prompt's end are NaN, never a number
         lengths = res.zarr_array("corrupted_length")[:]
         vals = res.zarr_array("denoise_logit_diff")[:]
@@ -132,7 +154,9 @@ def test_patch_baselines_and_known_answers(lm, captured, tmp_path):
         clean = res.zarr_array(f"clean_{m}")[:]
         full = lengths == 4  # every position of these prompts restored -> exactly the clean run
         assert full.any() and np.isnan(restored[~full & (lengths < 4)]).all()
-        np.testing.assert_allclose(restored[full], clean[full], atol=1e-4 * max(np.abs(corrupted_kl).max(), 1))
+        np.testing.assert_allclose(
+            restored[full], clean[full], atol=1e-4 * max(np.abs(corrupted_kl).max(), 1)
+        )
 
 
 def test_patch_refuses_all_positions_for_unequal_lengths(lm, tmp_path):
@@ -140,21 +164,39 @@ def test_patch_refuses_all_positions_for_unequal_lengths(lm, tmp_path):
     capture(lm, make_dataset(6), CaptureSpec(sites=("resid_pre",)), url, progress=False)
     with pytest.raises(ConfigError, match=r"different clean and corrupted token counts.*p005"):
         patch(lm, url, PatchSpec(), tmp_path / "r.zarr", progress=False)
-    summary = patch(lm, url, PatchSpec(positions=("subject_last", "last")), tmp_path / "r2.zarr", progress=False)
+    summary = patch(
+        lm, url, PatchSpec(positions=("subject_last", "last")), tmp_path / "r2.zarr", progress=False
+    )
     assert summary.prompts == 6
 
 
 def test_patch_refuses_what_the_capture_lacks(lm, tmp_path):
     url = tmp_path / "c.zarr"
-    capture(lm, make_dataset(3), CaptureSpec(sites=("resid_pre",), layers=(0, 1)), url, progress=False)
+    capture(
+        lm, make_dataset(3), CaptureSpec(sites=("resid_pre",), layers=(0, 1)), url, progress=False
+    )
     with pytest.raises(ConfigError, match=r"sites \['mlp_out'\].*layers \[2\]"):
-        patch(lm, url, PatchSpec(sites=("mlp_out",), layers=(2,)), tmp_path / "r.zarr", progress=False)
+        patch(
+            lm, url, PatchSpec(sites=("mlp_out",), layers=(2,)), tmp_path / "r.zarr", progress=False
+        )
 
 
 def test_patch_refuses_to_resume_with_another_spec(lm, captured, tmp_path):
-    patch(lm, captured, PatchSpec(layers=(0,), metrics=("logit_diff",)), tmp_path / "r.zarr", progress=False)
+    patch(
+        lm,
+        captured,
+        PatchSpec(layers=(0,), metrics=("logit_diff",)),
+        tmp_path / "r.zarr",
+        progress=False,
+    )
     with pytest.raises(StoreMismatchError, match="spec"):
-        patch(lm, captured, PatchSpec(layers=(0, 1), metrics=("logit_diff",)), tmp_path / "r.zarr", progress=False)
+        patch(
+            lm,
+            captured,
+            PatchSpec(layers=(0, 1), metrics=("logit_diff",)),
+            tmp_path / "r.zarr",
+            progress=False,
+        )
 
 
 def test_patch_refuses_another_model(captured, tmp_path):
@@ -166,21 +208,43 @@ def test_patch_refuses_another_model(captured, tmp_path):
 def test_plan_patch_counts_less_work_than_naive(captured):
     plan = plan_patch(ActivationStore.open(captured), PatchSpec(sites=("resid_pre",)))
     lengths = ActivationStore.open(captured).zarr_array("corrupted_length")[:]
-    assert plan.patched_runs == int(lengths.sum()) * 3  # one run per (prompt, layer, existing position)
+    assert (
+        plan.patched_runs == int(lengths.sum()) * 3
+    )  # one run per (prompt, layer, existing position)
     assert plan.naive_token_layers == int((lengths**2).sum()) * 3 * 3
     assert plan.engine_token_layers < 0.75 * plan.naive_token_layers
 
 
-@pytest.mark.parametrize("value,match", [({"sites": ("resid_mid",)}, "Unknown site kind"), ({"positions": ("7",)}, "role names"), ({"directions": ("sideways",)}, "Unknown direction"), ({"metrics": ("auc",)}, "Unknown metric"), ({"max_rows": 0}, "max_rows")])
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        ({"sites": ("resid_mid",)}, "Unknown site kind"),
+        ({"positions": ("7",)}, "role names"),
+        ({"directions": ("sideways",)}, "Unknown direction"),
+        ({"metrics": ("auc",)}, "Unknown metric"),
+        ({"max_rows": 0}, "max_rows"),
+    ],
+)
 def test_patch_spec_rejects_bad_values(value, match):
     with pytest.raises(ConfigError, match=match):
         PatchSpec(**value)
 
 
 def test_patch_spec_round_trips():
-    spec = PatchSpec(sites=ALL, layers=(2, 0), positions=("last",), directions=("noise",), patch_sets=(SET,), metrics=("kl", "prob"))
+    spec = PatchSpec(
+        sites=ALL,
+        layers=(2, 0),
+        positions=("last",),
+        directions=("noise",),
+        patch_sets=(SET,),
+        metrics=("kl", "prob"),
+    )
     assert PatchSpec.from_dict(spec.to_dict()) == spec
-    assert spec.layers == (0, 2) and spec.directions == (Direction.NOISE,) and spec.metrics == (Metric.KL, Metric.PROB)
+    assert (
+        spec.layers == (0, 2)
+        and spec.directions == (Direction.NOISE,)
+        and spec.metrics == (Metric.KL, Metric.PROB)
+    )
 
 
 SCRIPT = textwrap.dedent(
@@ -198,23 +262,48 @@ SCRIPT = textwrap.dedent(
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and "zarr.json" not in p.name}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "zarr.json" not in p.name
+    }
 
 
 def test_patch_resumes_after_kill_bit_identical(lm, model_dir, tmp_path):
     cap = tmp_path / "cap.zarr"
-    capture(lm, make_dataset(12), CaptureSpec(sites=ALL, chunk_prompts=1, batch_size=4), cap, progress=False)
+    capture(
+        lm,
+        make_dataset(12),
+        CaptureSpec(sites=ALL, chunk_prompts=1, batch_size=4),
+        cap,
+        progress=False,
+    )
     whole = tmp_path / "whole.zarr"
     t0 = time.perf_counter()
-    patch(lm, cap, PatchSpec(sites=ALL, positions=("subject_first", "subject_last", "last"), directions=("denoise", "noise"), max_rows=8), whole, progress=False)
+    patch(
+        lm,
+        cap,
+        PatchSpec(
+            sites=ALL,
+            positions=("subject_first", "subject_last", "last"),
+            directions=("denoise", "noise"),
+            max_rows=8,
+        ),
+        whole,
+        progress=False,
+    )
     print(f"uninterrupted patch run: {time.perf_counter() - t0:.1f} s")
     out = tmp_path / "killed.zarr"
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(root=str(ROOT), model=str(model_dir), cap=str(cap), out=str(out)))
+    script.write_text(
+        SCRIPT.format(root=str(ROOT), model=str(model_dir), cap=str(cap), out=str(out))
+    )
     rng = np.random.default_rng(0)
     kills = 0
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         time.sleep(rng.uniform(2.0, 3.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

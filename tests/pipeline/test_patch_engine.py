@@ -29,7 +29,9 @@ def run_all(adapter, tokens, noise=None):
     if noise is not None:
         from patchsweep.pipeline.patch_engine import noise_write
 
-        writes = noise_write(PatchBatch(np.asarray(tokens), None, None, None, None, None, None, noise))
+        writes = noise_write(
+            PatchBatch(np.asarray(tokens), None, None, None, None, None, None, noise)
+        )
     res = adapter.forward(mx.array(tokens), Forward(reads=reads, writes=writes))
     mx.eval(res.logits, res.sites)
     return {k: np.array(v) for k, v in res.sites.items()}, np.array(res.logits[:, -1])
@@ -48,10 +50,18 @@ def make_batch(adapter, direction="denoise", noise=False, seed=0):
         corrupted = clean
         rows = np.array([0, 0, 1, 2, 2, 2])  # spans of different lengths per prompt
         pos = np.array([2, 3, 4, 0, 1, 2])
-        noise_spec = (rows, pos, rng.normal(0, 3.0, (len(rows), adapter.d_model)).astype(np.float32))
+        noise_spec = (
+            rows,
+            pos,
+            rng.normal(0, 3.0, (len(rows), adapter.d_model)).astype(np.float32),
+        )
     clean_sites, clean_logits = run_all(adapter, clean)
     corr_sites, corr_logits = run_all(adapter, corrupted, noise_spec)
-    src, base, base_noise = (clean_sites, corrupted, noise_spec) if direction == "denoise" else (corr_sites, clean, None)
+    src, base, base_noise = (
+        (clean_sites, corrupted, noise_spec)
+        if direction == "denoise"
+        else (corr_sites, clean, None)
+    )
     if direction == "noise" and noise:
         pytest.skip("noising with a noise-corrupted source is not a defined experiment")
     batch = PatchBatch(
@@ -68,12 +78,29 @@ def make_batch(adapter, direction="denoise", noise=False, seed=0):
 
 
 def sweep_items(adapter, heads=(0, 3)):
-    items = [(PatchEntry(k, layer, Position(index=p)),) for k in KINDS for layer in range(adapter.n_layers) for p in range(T)]
-    items += [(PatchEntry(SiteKind.HEAD, layer, Position(index=p), head=h),) for layer in range(adapter.n_layers) for p in (0, 3, T - 1) for h in heads]
+    items = [
+        (PatchEntry(k, layer, Position(index=p)),)
+        for k in KINDS
+        for layer in range(adapter.n_layers)
+        for p in range(T)
+    ]
+    items += [
+        (PatchEntry(SiteKind.HEAD, layer, Position(index=p), head=h),)
+        for layer in range(adapter.n_layers)
+        for p in (0, 3, T - 1)
+        for h in heads
+    ]
     items += [(PatchEntry(k, 1, Position(role="subj")),) for k in KINDS]
     items += [
-        (PatchEntry(SiteKind.MLP_OUT, 0, Position(role="subj")), PatchEntry(SiteKind.MLP_OUT, 1, Position(role="subj"))),
-        (PatchEntry(SiteKind.RESID_PRE, 2, Position(index=5)), PatchEntry(SiteKind.HEAD, 1, Position(index=3), head=1), PatchEntry(SiteKind.ATTN_OUT, 0, Position(role="last"))),
+        (
+            PatchEntry(SiteKind.MLP_OUT, 0, Position(role="subj")),
+            PatchEntry(SiteKind.MLP_OUT, 1, Position(role="subj")),
+        ),
+        (
+            PatchEntry(SiteKind.RESID_PRE, 2, Position(index=5)),
+            PatchEntry(SiteKind.HEAD, 1, Position(index=3), head=1),
+            PatchEntry(SiteKind.ATTN_OUT, 0, Position(role="last")),
+        ),
     ]
     return items
 
@@ -86,15 +113,21 @@ def assert_close(got, want, tol=1e-4, scale_from=None):
     for m in range(got.shape[-1]):
         g, w = got[..., m], want[..., m]
         scale = max(np.nanmax(np.abs(ref[..., m])), 1e-6)
-        np.testing.assert_allclose(g, w, atol=tol * scale, rtol=tol, equal_nan=True, err_msg=f"metric {METRICS[m]}")
+        np.testing.assert_allclose(
+            g, w, atol=tol * scale, rtol=tol, equal_nan=True, err_msg=f"metric {METRICS[m]}"
+        )
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma2", "llama_4bit", "gemma3_text", "qwen3"])
+@pytest.fixture(
+    scope="module", params=["llama", "gpt2", "gemma2", "llama_4bit", "gemma3_text", "qwen3"]
+)
 def adapter(request):
     return ModelAdapter(tiny_model(request.param, seed=5))
 
 
-@pytest.mark.parametrize("direction,noise", [("denoise", False), ("noise", False), ("denoise", True)])
+@pytest.mark.parametrize(
+    "direction,noise", [("denoise", False), ("noise", False), ("denoise", True)]
+)
 def test_engine_matches_naive_reference(adapter, direction, noise):
     batch, _, _ = make_batch(adapter, direction, noise)
     items = sweep_items(adapter)
@@ -107,7 +140,15 @@ def test_engine_matches_naive_reference(adapter, direction, noise):
 def test_engine_baseline_is_base_run(adapter):
     batch, clean_logits, corr_logits = make_batch(adapter)
     result = PatchEngine(adapter, METRICS).run(batch, [])
-    want = np.array(score(mx.array(corr_logits), mx.array(batch.answer), mx.array(batch.wrong), mx.array(clean_logits), METRICS))
+    want = np.array(
+        score(
+            mx.array(corr_logits),
+            mx.array(batch.answer),
+            mx.array(batch.wrong),
+            mx.array(clean_logits),
+            METRICS,
+        )
+    )
     assert_close(result.baseline[None], want[None])
 
 
@@ -115,7 +156,15 @@ def test_engine_restoring_all_of_resid_pre_0_gives_clean_run(adapter):
     batch, clean_logits, _ = make_batch(adapter, noise=True)
     item = tuple(PatchEntry(SiteKind.RESID_PRE, 0, Position(index=p)) for p in range(T))
     result = PatchEngine(adapter, METRICS).run(batch, [item])
-    want = np.array(score(mx.array(clean_logits), mx.array(batch.answer), mx.array(batch.wrong), mx.array(clean_logits), METRICS))
+    want = np.array(
+        score(
+            mx.array(clean_logits),
+            mx.array(batch.answer),
+            mx.array(batch.wrong),
+            mx.array(clean_logits),
+            METRICS,
+        )
+    )
     assert_close(result.values, want[None], scale_from=np.stack([want, result.baseline])[:, None])
     kl = result.values[0, :, METRICS.index(Metric.KL)]
     assert np.all(np.abs(kl) < 1e-4 * np.abs(result.baseline[:, METRICS.index(Metric.KL)]).max())
@@ -123,13 +172,21 @@ def test_engine_restoring_all_of_resid_pre_0_gives_clean_run(adapter):
 
 def test_engine_marks_missing_positions_nan(adapter):
     batch, _, _ = make_batch(adapter)
-    got = PatchEngine(adapter, METRICS).run(batch, [(PatchEntry(SiteKind.RESID_PRE, 0, Position(index=T + 2)),)]).values
+    got = (
+        PatchEngine(adapter, METRICS)
+        .run(batch, [(PatchEntry(SiteKind.RESID_PRE, 0, Position(index=T + 2)),)])
+        .values
+    )
     assert np.isnan(got).all()
 
 
 def test_engine_computes_fewer_token_layers_than_naive(adapter):
     batch, _, _ = make_batch(adapter)
-    items = [(PatchEntry(SiteKind.RESID_PRE, layer, Position(index=p)),) for layer in range(adapter.n_layers) for p in range(T)]
+    items = [
+        (PatchEntry(SiteKind.RESID_PRE, layer, Position(index=p)),)
+        for layer in range(adapter.n_layers)
+        for p in range(T)
+    ]
     engine = PatchEngine(adapter, METRICS)
     engine.run(batch, items)
     naive = len(items) * B * T * adapter.n_layers
