@@ -72,6 +72,12 @@ class LoadedModel:
             "vocab": a.vocab_size,
             "parameters": n_params,
             "body_parameters": max(n_params - embed * (1 if self._tied() else 2), 0),
+            "dtype": str(self.dtype).removeprefix("mlx.core."),
+            "dequantized": (
+                f"{self.dequantized.layers} quantized layers -> float, +{self.dequantized.extra_bytes / 2**20:.1f} MiB"
+                if self.dequantized is not None
+                else "no"
+            ),
         }
 
     def _tied(self) -> bool:

@@ -317,3 +317,45 @@ def test_patch_resumes_after_kill_bit_identical(lm, model_dir, tmp_path):
     assert a.keys() == b.keys()
     different = [k for k in a if a[k] != b[k]]
     assert not different, f"files differ after resume: {different[:5]}"
+
+
+def test_patch_regenerates_the_captures_noise_corruption(lm, tmp_path):
+    """Known answers for ROME-style noise (subjects here are single tokens):
+
+    - restoring ``resid_pre.0`` at ``last`` (never noised) leaves the noisy run as captured, so
+      the result equals the stored corrupted baseline only if the noise was regenerated exactly;
+    - restoring ``resid_pre.0`` at the subject gives back the clean run;
+    - noising: writing the noisy subject input into the clean run gives the noisy run.
+    """
+    from patchsweep.pipeline.corruption import NoiseCorruption
+
+    url = tmp_path / "noise.zarr"
+    capture(
+        lm,
+        make_dataset(5),
+        CaptureSpec(sites=("resid_pre",), layers=(0, 1)),
+        url,
+        corruption=NoiseCorruption(span="subject", scale=3.0),
+        progress=False,
+    )
+    spec = PatchSpec(
+        sites=("resid_pre",),
+        layers=(0,),
+        positions=("subject_last", "last"),
+        directions=("denoise", "noise"),
+        metrics=("logit_diff", "logprob", "kl"),
+    )
+    patch(lm, url, spec, tmp_path / "r.zarr", progress=False)
+    res = ResultsStore.open(tmp_path / "r.zarr")
+    pos = [str(p) for p in res.zarr_array("pos")[:]]
+    subj, last = pos.index("subject_last"), pos.index("last")
+    for m in ("logit_diff", "logprob", "kl"):
+        clean, noisy = res.zarr_array(f"clean_{m}")[:], res.zarr_array(f"corrupted_{m}")[:]
+        scale = max(np.abs(noisy).max(), np.abs(clean).max(), 1.0)
+        assert np.abs(noisy - clean).max() > 1e-3 * scale  # the noise does change the run
+        denoise = res.zarr_array(f"denoise_{m}")[:, 0, 0]  # (prompt, pos)
+        noise = res.zarr_array(f"noise_{m}")[:, 0, 0]
+        np.testing.assert_allclose(denoise[:, last], noisy, atol=1e-4 * scale, err_msg=m)
+        np.testing.assert_allclose(denoise[:, subj], clean, atol=1e-4 * scale, err_msg=m)
+        np.testing.assert_allclose(noise[:, subj], noisy, atol=1e-4 * scale, err_msg=m)
+        np.testing.assert_allclose(noise[:, last], clean, atol=1e-4 * scale, err_msg=m)
