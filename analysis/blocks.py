@@ -13,7 +13,7 @@ import numpy as np
 from .config import AnalysisConfig
 from .recovery import decode
 from .resampling import bootstrap_ci, sign_flip_test
-from .stats import describe, ttest, wilcoxon
+from .stats import describe, ttest_from_summary, wilcoxon
 
 __all__ = ["FIELDS", "block_statistics"]
 
@@ -60,7 +60,7 @@ def block_statistics(
         values, n_excluded, n_na = decode(rows)
         s = describe(values, config.null_value, config.confidence)
         if config.test == "t":
-            test = ttest(values, config.null_value, config.alternative)
+            test = ttest_from_summary(s, config.null_value, config.alternative)
         elif config.test == "wilcoxon":
             test = wilcoxon(values, config.null_value, config.alternative)
         else:

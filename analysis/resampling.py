@@ -17,6 +17,7 @@ References
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -78,8 +79,8 @@ def bootstrap_ci(
 
     Notes
     -----
-    Resampling is done as multinomial weights: for all columns with the same count ``n`` one
-    ``(B, n)`` matrix of resample counts is drawn and the bootstrap means are one matrix
+    Resampling is done as weights: for all columns with the same count ``n`` one ``(B, n)``
+    matrix of resample counts (n uniform draws with replacement per row) is drawn and the bootstrap means are one matrix
     product, in batches of 256 resamples. The percentile interval takes the ``(1 ± c)/2``
     quantiles of the bootstrap means (linear interpolation, numpy's default); BCa [1]_ shifts
     them by the bias correction ``z0 = Phi^-1(#{theta* < theta} + #{theta* <= theta}) / 2B)``
@@ -117,14 +118,26 @@ def bootstrap_distribution(xs: np.ndarray, n_resamples: int, seed: int) -> np.nd
     return _bootstrap_means(np.asarray(xs, dtype=np.float64), n_resamples, seed)
 
 
+@lru_cache(maxsize=8)
+def _resample_counts(seed: int, size: int, k: int, b: int) -> np.ndarray:
+    """Batch ``k`` of resample counts ``(b, size)`` uint16: row i counts ``size`` uniform draws.
+
+    Cached (at most 8 batches, ``16 * b * size`` bytes) because every component block with
+    the same sample size reuses the same draws.
+    """
+    rng = np.random.default_rng([seed, size, k])
+    idx = rng.integers(0, size, size=(b, size)) + size * np.arange(b)[:, None]  # (b, n) draws
+    counts = np.bincount(idx.ravel(), minlength=b * size).reshape(b, size).astype(np.uint16)
+    counts.flags.writeable = False
+    return counts
+
+
 def _bootstrap_means(xs: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     size = xs.shape[0]
     out = np.empty((n_resamples, xs.shape[1]))
-    p = np.full(size, 1.0 / size)
     for k, start in enumerate(range(0, n_resamples, _BATCH)):
         b = min(_BATCH, n_resamples - start)
-        rng = np.random.default_rng([seed, size, k])
-        w = rng.multinomial(size, p, size=b).astype(np.float64)  # (b, n) resample counts
+        w = _resample_counts(seed, size, k, b).astype(np.float64)  # (b, n)
         out[start : start + b] = (w @ xs) / size
     return out
 

@@ -25,7 +25,15 @@ import numpy as np
 from patchsweep.stores.errors import ConfigError
 from scipy import special
 
-__all__ = ["ALTERNATIVES", "Summary", "TestResult", "describe", "ttest", "wilcoxon"]
+__all__ = [
+    "ALTERNATIVES",
+    "Summary",
+    "TestResult",
+    "describe",
+    "ttest",
+    "ttest_from_summary",
+    "wilcoxon",
+]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 
@@ -101,12 +109,12 @@ def describe(x: np.ndarray, null_value: float = 0.0, confidence: float = 0.95) -
 
 def _nanmedian(x: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Median per column ignoring NaN, without numpy's per-column slow path."""
-    s = np.sort(np.where(np.isfinite(x), x, np.nan), axis=0)  # NaN sort last
-    lo = np.clip((n - 1) // 2, 0, None)[None, :]
-    hi = np.clip(n // 2, 0, None)[None, :]
-    if s.shape[0] == 0:
+    if x.shape[0] == 0:
         return np.full(x.shape[1], np.nan)
-    med = 0.5 * (np.take_along_axis(s, lo, 0)[0] + np.take_along_axis(s, hi, 0)[0])
+    s = np.sort(np.where(np.isfinite(x), x, np.nan).T, axis=1)  # (C, P) contiguous rows, NaN last
+    lo = np.clip((n - 1) // 2, 0, None)[:, None]
+    hi = np.clip(n // 2, 0, None)[:, None]
+    med = 0.5 * (np.take_along_axis(s, lo, 1)[:, 0] + np.take_along_axis(s, hi, 1)[:, 0])
     return np.where(n > 0, med, np.nan)
 
 
@@ -134,7 +142,13 @@ def ttest(x: np.ndarray, null_value: float = 0.0, alternative: str = "two-sided"
     random data with missing values (``tests/analysis/test_stats.py``).
     """
     check_alternative(alternative)
-    s = describe(x, null_value)
+    return ttest_from_summary(describe(x, null_value), null_value, alternative)
+
+
+def ttest_from_summary(
+    s: Summary, null_value: float = 0.0, alternative: str = "two-sided"
+) -> TestResult:
+    """:func:`ttest` from an already computed :class:`Summary` (no second pass over the data)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         t = (s.mean - null_value) / (s.std / np.sqrt(s.n))
     df = np.maximum(s.n - 1, 1).astype(np.float64)
