@@ -28,6 +28,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import zarr
+
 from patchsweep.stores.errors import ConfigError, StoreMismatchError
 from patchsweep.stores.metrics import Metric
 

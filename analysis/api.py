@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
 from patchsweep.stores.errors import ConfigError
 
 from . import figures as figs

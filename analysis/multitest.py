@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+
 from patchsweep.stores.errors import ConfigError
 
 __all__ = ["CORRECTIONS", "Correction", "adjust", "correct"]

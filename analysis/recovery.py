@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
 from patchsweep.stores.metrics import Metric
 
 __all__ = ["EXCLUDED", "GapRule", "gap_rule", "recovery", "encode", "decode"]

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+
 from patchsweep.stores.metrics import Metric
 
 from .config import AnalysisConfig

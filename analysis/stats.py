@@ -22,8 +22,9 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
-from patchsweep.stores.errors import ConfigError
 from scipy import special
+
+from patchsweep.stores.errors import ConfigError
 
 __all__ = [
     "ALTERNATIVES",

@@ -15,10 +15,11 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import zarr
+from zarr.storage import FsspecStore, LocalStore
+
 from patchsweep.stores.errors import StoreError, StoreIncompleteError, StoreNotFoundError
 from patchsweep.stores.metrics import Metric
 from patchsweep.stores.sites import Direction
-from zarr.storage import FsspecStore, LocalStore
 
 __all__ = ["MetricArray", "ResultsView", "open_results"]
 

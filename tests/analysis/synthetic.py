@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
+
 from patchsweep.stores.metrics import Metric
 
 

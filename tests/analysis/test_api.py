@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from scipy import stats as st
+
 from patchsweep.analysis import AnalysisConfig, analyze, compare
 from patchsweep.stores.errors import ConfigError, StoreMismatchError
-from scipy import stats as st
 
 from .synthetic import write_results_store
 

@@ -1,6 +1,7 @@
 """Tests for analysis/config.py."""
 
 import pytest
+
 from patchsweep.analysis import AnalysisConfig
 from patchsweep.stores.errors import ConfigError
 

@@ -3,9 +3,10 @@
 
 import numpy as np
 import pytest
+from statsmodels.stats.multitest import multipletests
+
 from patchsweep.analysis.multitest import adjust, correct
 from patchsweep.stores.errors import ConfigError
-from statsmodels.stats.multitest import multipletests
 
 SM_NAMES = {"bh": "fdr_bh", "by": "fdr_by", "holm": "holm", "bonferroni": "bonferroni"}
 

@@ -3,6 +3,7 @@ DEVELOPERS.md, computed by hand."""
 
 import numpy as np
 import pytest
+
 from patchsweep.analysis.recovery import decode, encode, gap_rule, recovery
 
 

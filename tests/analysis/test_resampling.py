@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scipy import stats as st
+
 from patchsweep.analysis.resampling import (
     bootstrap_ci,
     bootstrap_distribution,
@@ -13,7 +15,6 @@ from patchsweep.analysis.resampling import (
     sign_flip_test,
 )
 from patchsweep.stores.errors import ConfigError
-from scipy import stats as st
 
 
 def test_compact_moves_finite_values_up_in_order():

@@ -4,9 +4,10 @@ simulation under a known null."""
 
 import numpy as np
 import pytest
+from scipy import stats as st
+
 from patchsweep.analysis.stats import describe, ttest, wilcoxon
 from patchsweep.stores.errors import ConfigError
-from scipy import stats as st
 
 
 def _block(rng, n=40, c=30, missing=0.2, shift=0.3):
