@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from typer.testing import CliRunner
+
 from patchsweep.pipeline.cli import EXIT_DATA, EXIT_USAGE, app, exit_code
 from patchsweep.pipeline.datasets import write_dataset
 from patchsweep.stores.errors import ConfigError, DatasetError, StoreMismatchError
-from typer.testing import CliRunner
-
 from tests.pipeline.tiny_capture import make_dataset, make_model_dir
 
 REPO = Path(__file__).resolve().parents[2]

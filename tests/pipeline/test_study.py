@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+
 from patchsweep.pipeline.datasets import write_dataset
 from patchsweep.pipeline.loading import DEMO_MODEL
 from patchsweep.pipeline.study import Study, StudyError, load_study
 from patchsweep.stores.errors import ConfigError
 from patchsweep.stores.sites import SiteKind
-
 from tests.pipeline.tiny_capture import make_dataset, make_model_dir
 
 STUDIES = Path(__file__).resolve().parents[2] / "datasets" / "studies"
