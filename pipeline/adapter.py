@@ -88,6 +88,12 @@ class Forward:
     start_layer, start_resid : int, mx.array (B, L, D)
         Start the pass at block ``start_layer`` with ``start_resid`` as its input; blocks
         below are skipped (their KV caches, if any, are left as given).
+    joins : dict layer -> mx.array (R_l, L, D)
+        Staggered start, the general form of ``start_layer``/``start_resid``: rows
+        ``joins[l]`` enter the batch at block ``l``, appended after the rows already running,
+        so block ``j`` computes every row that joined at or below ``j``. Each block's KV cache
+        must hold exactly those rows. Row indices of writes and reads refer to this final
+        order (rows joining lower come first).
     unembed : None | "last" | mx.array (B, k)
         Which window positions reach the final norm and unembedding. ``None``: all.
     logits : bool
@@ -98,10 +104,13 @@ class Forward:
     writes: list = field(default_factory=list)
     start_layer: int = 0
     start_resid: mx.array | None = None
+    joins: dict = field(default_factory=dict)
     unembed: object = None
     logits: bool = True
     recorded: dict = field(default_factory=dict)
     _writes_at: dict = field(default_factory=dict)
+    _joins: dict = field(default_factory=dict)
+    _first: int = 0
     stop_after: int | None = None
 
 
@@ -178,10 +187,13 @@ class _Hook(nn.Module):
 
     def _call_block(self, fwd: Forward, x, *args, **kwargs):
         layer = self._layer
-        if layer < fwd.start_layer:
-            return fwd.start_resid  # skipped: the next block sees the given residual
-        if layer == fwd.start_layer and fwd.start_resid is not None:
-            x = fwd.start_resid
+        if fwd._joins:
+            if layer < fwd._first:
+                return x  # skipped: nothing runs below the first joining rows
+            if layer == fwd._first:
+                x = fwd._joins[layer]
+            elif layer in fwd._joins:
+                x = mx.concatenate([x, fwd._joins[layer]], axis=0)  # (R_{<=l}, L, D)
         x = self._adapter._visit(fwd, SiteKind.RESID_PRE, layer, x)
         out = self.inner(x, *args, **kwargs)
         out = self._adapter._visit(fwd, SiteKind.RESID_POST, layer, out)
@@ -375,11 +387,15 @@ class ModelAdapter:
         self._validate(request, tokens)
         request.recorded = {}
         request._writes_at = {}
+        request._joins = dict(request.joins)
+        if request.start_resid is not None:
+            request._joins[request.start_layer] = request.start_resid
+        request._first = min(request._joins) if request._joins else 0
         for w in request.writes:
             request._writes_at.setdefault((SiteKind(w.kind), w.layer), []).append(w)
         if not request.logits:
             needed = [layer for _, layer in (*request.reads, *request._writes_at)]
-            request.stop_after = max(needed) if needed else request.start_layer
+            request.stop_after = max(needed) if needed else request._first
         self._active = request
         try:
             logits = self.model(tokens, cache=cache)
@@ -390,22 +406,24 @@ class ModelAdapter:
         return ForwardResult(logits=logits, sites=request.recorded)
 
     def _validate(self, request: Forward, tokens: mx.array) -> None:
-        if not 0 <= request.start_layer < self.n_layers:
-            raise ModelAdapterError(
-                f"start_layer {request.start_layer} is outside 0..{self.n_layers - 1}."
-            )
+        if request.joins and (request.start_resid is not None or request.start_layer):
+            raise ModelAdapterError("Give either joins or start_layer/start_resid, not both.")
+        starts = list(request.joins) or [request.start_layer]
+        if not all(0 <= s < self.n_layers for s in starts):
+            raise ModelAdapterError(f"start layer(s) {starts} outside 0..{self.n_layers - 1}.")
         if request.start_layer > 0 and request.start_resid is None:
             raise ModelAdapterError(
                 f"start_layer {request.start_layer} needs start_resid, the residual stream entering that block."
             )
+        first = min(starts)
         for kind, layer in (*request.reads, *((w.kind, w.layer) for w in request.writes)):
             if not 0 <= layer < self.n_layers:
                 raise ModelAdapterError(
                     f"site {kind}.{layer} is outside layers 0..{self.n_layers - 1}."
                 )
-            if layer < request.start_layer:
+            if layer < first:
                 raise ModelAdapterError(
-                    f"site {kind}.{layer} lies below start_layer {request.start_layer}; it is never computed."
+                    f"site {kind}.{layer} lies below start_layer {first}; it is never computed."
                 )
 
     def _visit(self, fwd: Forward, kind: SiteKind, layer: int, x: mx.array) -> mx.array:

@@ -15,10 +15,12 @@ exactly the same numbers with far less work, from three facts about causal decod
    on the last position alone.
 
 For a full layer x position sweep 1+2 cut block work to about a quarter; 3 removes almost all
-of the unembedding. Batches stay full: every patch with the same ``(start layer, start
-position)`` is one group, and a group's rows are (patch, prompt) pairs, each row carrying its
-own write, up to ``max_rows`` rows per forward. There is one ``mx.eval`` per forward and no
-per-patch host sync.
+of the unembedding. Batches stay full: every patch with the same start position is one
+group, whatever its start layer, and a group's rows are (patch, prompt) pairs, each carrying
+its own write, up to ``max_rows`` rows per forward. Rows *join* the forward at their own start
+layer (staggered entry, :attr:`Forward.joins`): block ``j`` computes every row that started at
+or below ``j``, so one forward serves all layers of a position and no block runs for a row
+below its start. There is one ``mx.eval`` per forward and no per-patch host sync.
 
 Shapes: ``B`` prompts in a batch (same base length ``T``), ``R`` rows per forward,
 ``D`` = d_model, ``H`` heads of ``d_head``, ``V`` vocabulary, ``M`` metrics.
@@ -191,53 +193,85 @@ class PatchEngine:
         n_layers = self.adapter.n_layers
         out = np.full((len(items), B, len(self.metrics)), np.nan, dtype=np.float32)
         base = self._base_run(batch)
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        groups: dict[int, list[tuple[int, int]]] = defaultdict(
+            list
+        )  # start position -> (start layer, item)
         for i, item in enumerate(items):
             starts = [batch.base_pos(e.position) for e in item]
             present = np.concatenate([s[s >= 0] for s in starts])
             if present.size == 0:
                 continue  # no prompt has this position: stays NaN
-            groups[(min(e.layer for e in item), int(present.min()))].append(i)
+            groups[int(present.min())].append((min(e.layer for e in item), i))
         per_forward = max(1, self.max_rows // B)
         answer, wrong, clean = (
             mx.array(batch.answer),
             mx.array(batch.wrong),
             mx.array(batch.clean_logits),
         )
-        for (layer, p), ids in sorted(groups.items()):
-            for k in range(0, len(ids), per_forward):
-                chunk = ids[k : k + per_forward]
-                chunk_items = [items[i] for i in chunk]
+        for p, members in sorted(groups.items()):
+            members.sort()  # by start layer: rows joining lower come first (staggered entry)
+            for k in range(0, len(members), per_forward):
+                chunk = members[k : k + per_forward]
+                ids = [i for _, i in chunk]
                 row_item = np.repeat(np.arange(len(chunk)), B)
                 row_prompt = np.tile(np.arange(B), len(chunk))
-                writes, valid = build_writes(batch, chunk_items, row_prompt, row_item, offset=p)
-                idx = mx.array(row_prompt)
-                cache = [
-                    PrefixKVCache(keys[idx, :, :p], values[idx, :, :p])
-                    if p > 0
-                    else PrefixKVCache()
-                    for keys, values in base.kv
-                ]
-                fwd = Forward(
-                    writes=writes,
-                    start_layer=layer,
-                    start_resid=base.resid_pre[layer][idx, p:],
-                    unembed="last",
+                row_start = np.array([layer for layer, _ in chunk])[row_item]  # ascending
+                writes, valid = build_writes(
+                    batch, [items[i] for i in ids], row_prompt, row_item, offset=p
                 )
-                logits = self.adapter.forward(
-                    mx.array(batch.base_tokens[row_prompt, p:]), fwd, cache=cache
-                ).logits[:, 0]
-                scores = score(logits, answer[idx], wrong[idx], clean[idx], self.metrics)
+                scores = self._forward(
+                    base, batch, p, row_prompt, row_start, writes, answer, wrong, clean
+                )
                 mx.eval(scores)
                 values_np = np.array(scores, copy=False).reshape(len(chunk), B, -1)
-                values_np = np.where(valid.reshape(len(chunk), B)[..., None], values_np, np.nan)
-                out[chunk] = values_np
+                out[ids] = np.where(valid.reshape(len(chunk), B)[..., None], values_np, np.nan)
                 self.stats["forwards"] += 1
                 self.stats["rows"] += len(row_prompt)
-                self.stats["token_layers"] += len(row_prompt) * (T - p) * (n_layers - layer)
+                self.stats["token_layers"] += int(((T - p) * (n_layers - row_start)).sum())
                 if on_progress is not None:
                     on_progress(len(chunk) * B)
         return EngineResult(out, base.scores)
+
+    def _forward(
+        self,
+        base: _BaseRun,
+        batch: PatchBatch,
+        p: int,
+        row_prompt: np.ndarray,
+        row_start: np.ndarray,
+        writes: list,
+        answer,
+        wrong,
+        clean,
+    ) -> mx.array:
+        """One staggered forward from position ``p``: row ``r`` joins at block ``row_start[r]``.
+
+        Block ``j`` computes the rows with ``row_start <= j`` (a prefix of the row order), so
+        its prefix KV cache holds the base run's keys/values of exactly those rows.
+        """
+        idx = mx.array(row_prompt)
+        joins = {}
+        for layer in np.unique(row_start):
+            rows = np.nonzero(row_start == layer)[0]  # contiguous: rows are sorted by start
+            joins[int(layer)] = base.resid_pre[layer][
+                idx[int(rows[0]) : int(rows[-1]) + 1], p:
+            ]  # (R_l, T-p, D)
+        cache = []
+        for j, (keys, values) in enumerate(base.kv):
+            active = max(
+                int(np.searchsorted(row_start, j, side="right")), 1
+            )  # >= 1: offsets must be right below the first join too
+            cache.append(
+                PrefixKVCache(keys[idx[:active], :, :p], values[idx[:active], :, :p])
+                if p > 0
+                else PrefixKVCache()
+            )
+        fwd = Forward(writes=writes, joins=joins, unembed="last")
+        tokens = mx.array(
+            batch.base_tokens[:1, p:]
+        )  # embeddings are never used: every row joins with a residual
+        logits = self.adapter.forward(tokens, fwd, cache=cache).logits[:, 0]  # (R, V)
+        return score(logits, answer[idx], wrong[idx], clean[idx], self.metrics)
 
     def _base_run(self, batch: PatchBatch) -> _BaseRun:
         """One forward of the base run keeping what the patched passes reuse.
