@@ -35,6 +35,7 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
+
 from patchsweep.stores.activations import DEFAULT_CODEC, ActivationStore, CaptureLayout
 from patchsweep.stores.errors import ConfigError, Float16OverflowError, StoreError
 from patchsweep.stores.identity import Identity
@@ -366,7 +367,7 @@ def capture(
             for c in todo:
                 arrays = _compute_chunk(plan, store.chunk_slice(c), bar)
                 writer.submit(c, arrays)
-                written += sum(a.nbytes for a in arrays.values() if a.dtype != object)
+                written += _stored_nbytes(arrays, plan)
         tokens = bar.tokens
     except StoreError as e:
         if isinstance(e.__cause__, Float16OverflowError):  # raised in the writer thread
@@ -395,6 +396,16 @@ def _dataset_identity(td: TokenizedDataset) -> dict[str, Any]:
     # PromptDataset.identity() names its hash "digest", the key Identity.to_dict adds itself
     ds = td.dataset
     return {"name": ds.name, "sha256": ds.digest, "n_pairs": len(ds), "multi_token": td.multi_token}
+
+
+def _stored_nbytes(arrays: dict[str, np.ndarray], plan: _Plan) -> int:
+    """Bytes of a chunk in its storage dtypes (activations in the spec's storage dtype)."""
+    itemsize = StorageDType.parse(plan.spec.storage_dtype).numpy.itemsize
+    return sum(
+        a.size * itemsize if plan.specs[n].kind == "float" else a.nbytes
+        for n, a in arrays.items()
+        if a.dtype != object
+    )
 
 
 def _store_sizes(store: ActivationStore) -> tuple[int, int]:
