@@ -297,6 +297,11 @@ def save(model: Model, model_args: ModelArgs, tok: Tokenizer, out: Path) -> None
         clean_up_tokenization_spaces=False,
     )
     hf.save_pretrained(str(out))
+    # Name the class every transformers version knows (v5 writes "TokenizersBackend").
+    config_path = out / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text())
+    tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(tok_config, indent=2) + "\n")
 
 
 if __name__ == "__main__":

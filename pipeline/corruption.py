@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
 from patchsweep.stores.errors import ConfigError
 from patchsweep.stores.sites import ROLE_PATTERN
 

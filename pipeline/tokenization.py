@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
 from patchsweep.stores.errors import ConfigError, DatasetError
 
 from .prompts import RUNS, Problem, PromptDataset

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+
 from patchsweep.pipeline.corruption import NoiseCorruption, embedding_matrix_std, measured_std
 from patchsweep.stores.errors import ConfigError
 

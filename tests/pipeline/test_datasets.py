@@ -15,6 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
 from patchsweep.pipeline.datasets import (
     Problem,
     PromptDataset,
@@ -29,8 +32,6 @@ from patchsweep.pipeline.datasets import (
     write_dataset,
 )
 from patchsweep.stores.errors import ConfigError, DatasetError
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 WORDS = "<s> The Eiffel Tower is in Paris Rome the city of Colosseum When Mary and John went , gave a drink to Ann".split()
