@@ -722,14 +722,14 @@ def _duration(seconds: float) -> str:
 
 def _dry_run(study) -> str:
     """The plan of a study, as text: prompts, patched runs, work, time and disk estimates."""
-    import numpy as np
     from mlx_lm.utils import load_tokenizer
 
     from patchsweep.stores import CaptureLayout
-    from patchsweep.stores.sites import Direction, SiteKind
+    from patchsweep.stores.sites import SiteKind
 
     from .compute import compute_plan
     from .datasets import tokenize_dataset
+    from .patch import patch_items, plan_work
 
     model_path = Path(study.model)
     m = _model_sizes(model_path)
@@ -749,32 +749,27 @@ def _dry_run(study) -> str:
         N = len(td)
         patch = study.patch
         layers = list(range(L)) if patch.layers is None else list(patch.layers)
-        runs = naive = engine = 0
-        for d in patch.directions:
-            base = (
-                "clean" if (study.corruption is not None or d is Direction.NOISE) else "corrupted"
-            )
-            T = td.lengths(base).astype(np.int64)  # (N,)
-            if patch.positions == "all":
-                starts = [np.where(T > p, p, -1) for p in range(int(T.max()))]
-            else:
-                starts = [
-                    td.role_pos(base)[:, td.roles.index(r)].astype(np.int64)
-                    for r in patch.positions
-                ]
-            n_sweeps = len(patch.sweep_kinds) + (m["heads"] if patch.heads else 0)
-            for p in starts:
-                present = p >= 0
-                for layer in layers:
-                    k = n_sweeps * int(present.sum())
-                    runs += k
-                    naive += n_sweeps * int((T[present] * L).sum())
-                    engine += n_sweeps * int(((T[present] - p[present]) * (L - layer)).sum())
-            for ps in patch.patch_sets:
-                runs += N
-                naive += int((T * L).sum())
-                engine += int((T * (L - ps.min_layer)).sum())
-            engine += int((T * L).sum())  # the base run of every prompt
+        # With noise corruption the corrupted run is the clean prompt plus noise.
+        runs_of = {
+            "clean": "clean",
+            "corrupted": "clean" if study.corruption is not None else "corrupted",
+        }
+        n_pos_all = int(max(td.lengths("clean").max(), td.lengths("corrupted").max()))
+        positions = (
+            [str(i) for i in range(n_pos_all)]
+            if patch.positions == "all"
+            else list(patch.positions)
+        )
+        items, _ = patch_items(patch, layers, positions, m["heads"] if patch.heads else 0)
+        work = plan_work(
+            patch,
+            items,
+            L,
+            {run: td.lengths(src) for run, src in runs_of.items()},
+            {run: td.role_pos(src) for run, src in runs_of.items()},
+            td.roles,
+        )
+        runs, naive, engine = work.patched_runs, work.naive_token_layers, work.engine_token_layers
         mean_T = float(td.lengths("clean").mean())
         per_token_layer = 2.0 * m["body"] / max(L, 1) + 4.0 * mean_T * m["d_model"]
         unembed = 2.0 * m["d_model"] * m["vocab"]

@@ -36,7 +36,15 @@ from .patch_engine import PatchBatch, PatchEngine, PatchEntry
 from .progress import StageProgress
 from .scoring import score
 
-__all__ = ["PatchSpec", "PatchSummary", "PatchPlan", "patch", "plan_patch"]
+__all__ = [
+    "PatchSpec",
+    "PatchSummary",
+    "PatchPlan",
+    "patch",
+    "patch_items",
+    "plan_patch",
+    "plan_work",
+]
 
 _SWEEP_KINDS = (SiteKind.RESID_PRE, SiteKind.ATTN_OUT, SiteKind.MLP_OUT, SiteKind.RESID_POST)
 
@@ -259,6 +267,18 @@ def _context(capture: ActivationStore, spec: PatchSpec) -> _Context:
         fields = {k: corruption[k] for k in ("span", "scale", "seed") if k in corruption}
         noise, std = NoiseCorruption(**fields, std=corruption["std"]), corruption["std"]
 
+    n_heads = layout.n_heads if spec.heads else 0
+    items, targets = patch_items(spec, layers, positions, n_heads)
+    return _Context(capture, spec, tuple(layers), positions, n_heads, items, targets, noise, std)
+
+
+def patch_items(spec: PatchSpec, layers, positions, n_heads: int) -> tuple[list, list]:
+    """Every patched run of ``spec``, and where its value goes in the results arrays.
+
+    Returns ``items`` (tuples of :class:`PatchEntry`, one tuple per patched run) and, per item,
+    ``(array-name infix, index into the per-prompt block)``: ``""`` for site sweeps
+    (site, layer, pos), ``"head_"`` for head sweeps (layer, pos, head), ``"set_"`` for patch sets.
+    """
     items, targets = [], []
     layer_ix = {layer: i for i, layer in enumerate(layers)}
     for s_ix, kind in enumerate(spec.sweep_kinds):
@@ -266,7 +286,6 @@ def _context(capture: ActivationStore, spec: PatchSpec) -> _Context:
             for x_ix, pos in enumerate(positions):
                 items.append((PatchEntry(kind, layer, Position.parse(pos)),))
                 targets.append(("", (s_ix, layer_ix[layer], x_ix)))
-    n_heads = layout.n_heads if spec.heads else 0
     for layer in layers:
         for x_ix, pos in enumerate(positions):
             for h in range(n_heads):
@@ -275,38 +294,55 @@ def _context(capture: ActivationStore, spec: PatchSpec) -> _Context:
     for k, ps in enumerate(spec.patch_sets):
         items.append(tuple(PatchEntry(s.kind, s.layer, p, s.head) for s, p in ps.entries))
         targets.append(("set_", (k,)))
-    return _Context(capture, spec, tuple(layers), positions, n_heads, items, targets, noise, std)
+    return items, targets
 
 
-def plan_patch(capture: ActivationStore, spec: PatchSpec) -> PatchPlan:
-    """Count patched runs and block work (token x layer) for the naive and the engine schedule.
+def plan_work(
+    spec: PatchSpec, items: list, n_layers: int, lengths: dict, role_pos: dict, roles
+) -> PatchPlan:
+    """Count patched runs and block work (token x layer) for the naive and this engine's schedule.
 
-    Uses each prompt's length from the store; patch-set runs are counted at their lowest layer
-    and earliest position over all prompts (an upper bound of the engine's work).
+    Parameters
+    ----------
+    lengths : dict run -> np.ndarray (N,)
+        Token count of each prompt in the ``clean`` and ``corrupted`` runs.
+    role_pos : dict run -> np.ndarray (N, R)
+        Absolute position of each role (-1 where absent), columns in the order of ``roles``.
+
+    Naive: one full pass (every block, every position) per patched run. Engine: blocks from the
+    run's lowest layer, positions from its earliest, plus one base run per prompt and direction.
     """
-    ctx = _context(capture, spec)
-    n_layers = (
-        int(
-            capture.attrs.get("identity", {})
-            .get("model", {})
-            .get("config", {})
-            .get("num_hidden_layers", 0)
-        )
-        or max(capture.layout.layers) + 1
-    )
-    lengths = {run: capture.zarr_array(f"{run}_length")[:] for run in capture.layout.runs}
-    naive = engine = runs = 0
+    roles = list(roles)
+    runs = naive = engine = 0
     for d in spec.directions:
-        T = lengths[d.base_run].astype(np.int64)
-        for item in ctx.items:
-            layer = min(e.layer for e in item)
-            p = min((e.position.index for e in item if not e.position.is_role), default=0)
-            present = T > p
-            runs += int(present.sum())
-            naive += int((T[present] * n_layers).sum())
-            engine += int(((T[present] - p) * (n_layers - layer)).sum())
-        engine += int((T * n_layers).sum())  # one base run per prompt
-    return PatchPlan(capture.n_prompts, runs, naive, engine)
+        T = np.asarray(lengths[d.base_run], dtype=np.int64)  # (N,)
+        rp = np.asarray(role_pos[d.base_run], dtype=np.int64)
+
+        def start(p: Position, T=T, rp=rp) -> np.ndarray:
+            return rp[:, roles.index(p.role)] if p.is_role else np.where(T > p.index, p.index, -1)
+
+        for item in items:
+            starts = np.stack([start(e.position) for e in item])  # (entries, N)
+            valid = (starts >= 0).all(axis=0)
+            p = starts.min(axis=0)
+            runs += int(valid.sum())
+            naive += int((T[valid] * n_layers).sum())
+            engine += int(((T - p)[valid] * (n_layers - min(e.layer for e in item))).sum())
+        engine += int((T * n_layers).sum())  # the base run of every prompt
+    return PatchPlan(len(next(iter(lengths.values()))), runs, naive, engine)
+
+
+def plan_patch(capture: ActivationStore, spec: PatchSpec, n_layers: int) -> PatchPlan:
+    """:func:`plan_work` for a capture store (``n_layers``: the model's block count)."""
+    ctx = _context(capture, spec)
+    layout = capture.layout
+    n = capture.n_prompts
+    lengths = {run: capture.zarr_array(f"{run}_length")[:] for run in layout.runs}
+    role_pos = {
+        run: capture.zarr_array(f"{run}_role_pos")[:] if layout.roles else np.zeros((n, 0))
+        for run in layout.runs
+    }
+    return plan_work(spec, ctx.items, n_layers, lengths, role_pos, layout.roles)
 
 
 def patch(
@@ -336,7 +372,7 @@ def patch(
             f"not {loaded.path} (weights sha256 {loaded.identity['model']['weights_sha256'][:12]}). Patch with the model that made the capture."
         )
     ctx = _context(capture, spec)
-    plan = plan_patch(capture, spec)
+    plan = plan_patch(capture, spec, loaded.adapter.n_layers)
     layout = ResultsLayout(
         n_prompts=capture.n_prompts,
         layers=ctx.layers,

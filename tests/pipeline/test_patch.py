@@ -206,7 +206,7 @@ def test_patch_refuses_another_model(captured, tmp_path):
 
 
 def test_plan_patch_counts_less_work_than_naive(captured):
-    plan = plan_patch(ActivationStore.open(captured), PatchSpec(sites=("resid_pre",)))
+    plan = plan_patch(ActivationStore.open(captured), PatchSpec(sites=("resid_pre",)), n_layers=3)
     lengths = ActivationStore.open(captured).zarr_array("corrupted_length")[:]
     assert (
         plan.patched_runs == int(lengths.sum()) * 3
