@@ -191,3 +191,55 @@ def test_engine_computes_fewer_token_layers_than_naive(adapter):
     engine.run(batch, items)
     naive = len(items) * B * T * adapter.n_layers
     assert engine.stats["token_layers"] < 0.75 * naive
+
+
+@pytest.mark.parametrize("dataset", ["ioi", "facts", "induction"])
+def test_engine_matches_naive_reference_on_the_demo_model(dataset):
+    """The shipped demo model on real prompts of each shipped dataset (one same-length bucket)."""
+    from patchsweep.pipeline.datasets import read_dataset
+    from patchsweep.pipeline.loading import DEMO_MODEL, load_model
+    from patchsweep.pipeline.tokenization import tokenize_dataset
+
+    lm = load_model(DEMO_MODEL)
+    td = tokenize_dataset(read_dataset(DEMO_MODEL.parent / f"{dataset}.jsonl"), lm.tokenizer)
+    lengths = td.lengths("clean")
+    T = int(np.bincount(lengths).argmax())
+    idx = np.nonzero((lengths == T) & (td.lengths("corrupted") == T))[0][:4]
+    clean = np.stack([td.ids("clean", int(i)) for i in idx])
+    corrupted = np.stack([td.ids("corrupted", int(i)) for i in idx])
+    adapter = lm.adapter
+    clean_sites, clean_logits = run_all(adapter, clean)
+    role_pos = td.role_pos("clean")[idx]
+
+    def pos(p):
+        return (
+            role_pos[:, td.roles.index(p.role)]
+            if p.is_role
+            else np.full(len(idx), p.index if p.index < T else -1)
+        )
+
+    batch = PatchBatch(
+        corrupted,
+        lambda k, layer: clean_sites[(k, layer)],
+        pos,
+        pos,
+        td.answer_id[idx],
+        td.wrong_id[idx],
+        clean_logits,
+    )
+    L = adapter.n_layers
+    items = [
+        (PatchEntry(k, layer, Position(index=p)),)
+        for k in KINDS
+        for layer in range(L)
+        for p in range(T)
+    ]
+    items += [
+        (PatchEntry(SiteKind.HEAD, layer, Position(role="last"), head=h),)
+        for layer in range(L)
+        for h in range(adapter.n_heads)
+    ]
+    items += [(PatchEntry(SiteKind.RESID_PRE, 0, Position(role=r)),) for r in td.roles]
+    got = PatchEngine(adapter, METRICS, max_rows=64).run(batch, items).values
+    want = naive_patch(adapter, batch, items, METRICS)
+    assert_close(got, want)
