@@ -6,7 +6,7 @@ with a small component-block budget, and prints the store size, peak RSS of the 
 process, and wall time. Also times the multiple-testing correction over 10^6 p-values.
 
     python benchmarks/bench_analysis.py --size-gb 5          # the reference run
-    python benchmarks/bench_analysis.py --size-gb 0.2        # a quick check
+    python benchmarks/bench_analysis.py                       # default 1 GB, about 2-3 minutes
 
 The store is deleted at the end unless ``--keep``.
 """
@@ -74,7 +74,7 @@ def bench_correction(m: int = 1_000_000) -> dict[str, float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-gb", type=float, default=5.0, help="store size on disk (GB, 1e9 bytes)")
+    ap.add_argument("--size-gb", type=float, default=1.0, help="store size on disk (GB, 1e9 bytes); 5 for the reference run")
     ap.add_argument("--dir", default=None, help="where to write the store (default: a temp dir)")
     ap.add_argument(
         "--block-mb", type=float, default=96.0, help="component-block memory budget (MiB)"
