@@ -4,6 +4,8 @@ This package never imports MLX, so stores can be read and analysed on any machin
 """
 
 from .activations import ActivationStore, CaptureLayout
+from .chunk_writer import ChunkWriter
+from .dtypes import Codec, StorageDType, bfloat16_to_float32, float32_to_bfloat16
 from .hdf5 import export_hdf5, import_hdf5
 from .identity import (
     Identity,
@@ -16,13 +18,6 @@ from .identity import (
 )
 from .results import ResultsLayout, ResultsStore
 from .summary import StoreSummary, summarize
-from .zarr_base import (
-    ChunkWriter,
-    Codec,
-    StorageDType,
-    bfloat16_to_float32,
-    float32_to_bfloat16,
-)
 
 __all__ = [
     "ActivationStore",

@@ -29,19 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from .dtypes import Codec, StorageDType
 from .errors import ConfigError, StoreMismatchError
 from .identity import Identity, check_identity, diff_values
+from .locations import refuse_foreign, remove_partials
+from .schema import ArraySpec
 from .sites import ROLE_PATTERN, SiteKind
-from .zarr_base import (
-    FORMAT_VERSION,
-    ArraySpec,
-    ChunkedStore,
-    Codec,
-    StorageDType,
-    package_version,
-    refuse_foreign,
-    remove_partials,
-)
+from .zarr_base import FORMAT_VERSION, ChunkedStore, package_version
 
 __all__ = ["ActivationStore", "CaptureLayout", "DEFAULT_CODEC", "DEFAULT_SHARD_BYTES", "RUNS"]
 

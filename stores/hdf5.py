@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 
 from .errors import ConfigError, StoreError, StoreNotFoundError
-from .zarr_base import open_zarr_store
+from .locations import open_zarr_store
 
 __all__ = ["export_hdf5", "import_hdf5"]
 

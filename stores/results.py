@@ -23,21 +23,14 @@ from typing import Any
 import numpy as np
 
 from .activations import ActivationStore
+from .dtypes import Codec, StorageDType
 from .errors import ConfigError, StoreMismatchError
 from .identity import _plain, diff_values
+from .locations import _local_path, refuse_foreign, remove_partials
 from .metrics import Metric
+from .schema import ArraySpec
 from .sites import ROLE_PATTERN, Direction, Position, SiteKind
-from .zarr_base import (
-    FORMAT_VERSION,
-    ArraySpec,
-    ChunkedStore,
-    Codec,
-    StorageDType,
-    _local_path,
-    package_version,
-    refuse_foreign,
-    remove_partials,
-)
+from .zarr_base import FORMAT_VERSION, ChunkedStore, package_version
 
 __all__ = ["ResultsLayout", "ResultsStore"]
 

@@ -9,8 +9,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import zarr
 
+from .dtypes import DTYPE_ATTR
 from .errors import StoreError
-from .zarr_base import DTYPE_ATTR, MARKER, open_zarr_store
+from .locations import open_zarr_store
+from .zarr_base import MARKER
 
 __all__ = ["ArraySummary", "StoreSummary", "summarize"]
 
