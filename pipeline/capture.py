@@ -20,7 +20,7 @@ written (so the same call resumes a killed run and recomputes only what is missi
 chunk, each run's prompts are bucketed by token length and batched without padding, so
 batched activations equal one-prompt-at-a-time ones to float32 rounding and absolute position
 embeddings never shift. Each batch is one ``mx.eval``; a finished chunk goes to a background
-:class:`~patchsweep.stores.zarr_base.ChunkWriter` while the next one computes. Blocks above
+:class:`~patchsweep.stores.chunk_writer.ChunkWriter` while the next one computes. Blocks above
 the deepest requested site are never run when no logits are needed, and only the last position
 is unembedded when they are.
 """
@@ -33,17 +33,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import mlx.core as mx
 import numpy as np
 
 from patchsweep.stores.activations import DEFAULT_CODEC, ActivationStore, CaptureLayout
+from patchsweep.stores.chunk_writer import ChunkWriter
+from patchsweep.stores.dtypes import Codec, StorageDType
 from patchsweep.stores.errors import ConfigError, Float16OverflowError, StoreError
 from patchsweep.stores.identity import Identity
 from patchsweep.stores.sites import ROLE_PATTERN, SiteKind
-from patchsweep.stores.zarr_base import ArraySpec, ChunkWriter, Codec, StorageDType
 
-from .adapter import Forward, ModelAdapter, SiteWrite
-from .corruption import NoiseCorruption, measured_std
+from .adapter import ModelAdapter
+from .batching import _buckets  # noqa: F401  (benchmarks/bench_capture.py imports it from here)
+from .capture_engine import _compute_chunk, _Plan
+from .capture_noise import _resolve_noise
 from .datasets import PromptDataset, TokenizedDataset, tokenize_dataset
 from .progress import StageProgress
 
@@ -211,39 +213,6 @@ class CaptureSummary:
 
     def __str__(self) -> str:
         return self.line()
-
-
-@dataclass(frozen=True)
-class _Noise:
-    """A noise corruption resolved for one dataset: its std, per-prompt seeds and span tokens."""
-
-    corruption: NoiseCorruption
-    std: float  # the std that ``scale`` multiplies: given, or measured
-    ids: tuple[str, ...]
-    seeds: np.ndarray  # (prompt,) uint64
-    positions: tuple[np.ndarray, ...]  # per prompt: int32 token indices of the span
-    d_model: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """The corruption as recorded in the store: its spec with the resolved std."""
-        return {
-            **self.corruption.to_dict(),
-            "std": self.std,
-            "std_measured": self.corruption.std is None,
-        }
-
-
-@dataclass
-class _Plan:
-    """Everything a chunk's computation needs, fixed for the whole run."""
-
-    adapter: ModelAdapter
-    td: TokenizedDataset
-    spec: CaptureSpec
-    layout: CaptureLayout
-    roles: np.ndarray  # (R_stored,) column indices into td.roles
-    noise: _Noise | None
-    specs: dict[str, ArraySpec]
 
 
 def capture(
@@ -417,153 +386,3 @@ def _store_sizes(store: ActivationStore) -> tuple[int, int]:
             logical += int(arr.nbytes)
             stored += int(arr.nbytes_stored())
     return logical, stored
-
-
-def _buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Row indices grouped by equal token length, in batches of at most ``batch_size``."""
-    out = []
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        out.extend(rows[i : i + batch_size] for i in range(0, len(rows), batch_size))
-    return out
-
-
-def _compute_chunk(plan: _Plan, rows: slice, bar: StageProgress) -> dict[str, np.ndarray]:
-    """Every per-prompt array's rows ``rows``, shaped as the store's specs, floats in float32."""
-    td, layout = plan.td, plan.layout
-    out = {}
-    for name, s in plan.specs.items():
-        if s.kind in ("float", "float32"):
-            out[name] = np.full((rows.stop - rows.start, *s.shape[1:]), np.nan, dtype=np.float32)
-    out["answer_id"] = td.answer_id[rows]
-    out["wrong_id"] = td.wrong_id[rows]
-    if plan.noise is not None:
-        out["noise_seed"] = plan.noise.seeds[rows]
-    for run in layout.runs:
-        source = "clean" if plan.noise is not None else run  # noise corrupts the clean tokens
-        out[f"{run}_tokens"] = td.tokens(source)[rows]
-        out[f"{run}_length"] = lengths = td.lengths(source)[rows]
-        out[f"{run}_role_pos"] = td.role_pos(source)[rows][:, plan.roles]  # (n, R)
-        for batch in _buckets(lengths, plan.spec.batch_size):
-            _run_batch(plan, run, source, rows.start + batch, batch, int(lengths[batch[0]]), out)
-            done = len(batch) if run == layout.runs[-1] else 0
-            bar.advance(items=done, tokens=len(batch) * int(lengths[batch[0]]))
-    return {name: out[name] for name in plan.specs}
-
-
-def _run_batch(
-    plan: _Plan,
-    run: str,
-    source: str,
-    prompts: np.ndarray,
-    batch: np.ndarray,
-    length: int,
-    out: dict[str, np.ndarray],
-) -> None:
-    """One forward pass of equal-length ``prompts``; fills rows ``batch`` of ``out``."""
-    spec, layers = plan.spec, plan.layout.layers
-    tokens = mx.array(plan.td.tokens(source)[prompts, :length])  # (B, T)
-    by_role = spec.positions != "all"
-    role_pos = out[f"{run}_role_pos"][batch]  # (B, R)
-    where = (
-        mx.array(np.maximum(role_pos, 0)) if by_role else None
-    )  # (B, R); absent roles become NaN below
-    reads = {(kind, layer): where for kind in spec.sites for layer in layers}
-    writes = (
-        [_noise_write(plan.noise, prompts)] if plan.noise is not None and run == "corrupted" else []
-    )
-    request = Forward(
-        reads=reads,
-        writes=[w for w in writes if w is not None],
-        logits=spec.logits,
-        unembed="last" if spec.logits else None,
-    )
-    result = plan.adapter.forward(tokens, request)
-    values = [
-        mx.stack([result.sites[(kind, layer)] for layer in layers], axis=1) for kind in spec.sites
-    ]  # (B, nL, T|R, ...)
-    if spec.logits:
-        values.append(result.logits[:, -1, :])  # (B, vocab)
-    values = [v.astype(mx.float32) for v in values]
-    mx.eval(*values)
-    for kind, value in zip(spec.sites, values, strict=False):
-        target = out[CaptureLayout.activation_name(run, kind.value)]
-        value = np.asarray(value)
-        if by_role:
-            absent = (role_pos < 0).reshape(
-                len(batch), 1, role_pos.shape[1], *(1,) * (value.ndim - 3)
-            )
-            target[batch] = np.where(absent, np.float32(np.nan), value)
-        else:
-            target[batch, :, :length] = value
-    if spec.logits:
-        out[f"{run}_logits"][batch] = np.asarray(values[-1])
-
-
-# -- noise corruption ----------------------------------------------------------------------
-
-
-def _resolve_noise(
-    adapter: ModelAdapter, td: TokenizedDataset, corruption: NoiseCorruption, batch_size: int
-) -> _Noise:
-    """Seeds and span tokens per prompt; the std measured on clean ``resid_pre.0`` when not given."""
-    if not isinstance(corruption, NoiseCorruption):
-        raise ConfigError(
-            f"corruption must be a NoiseCorruption or None, got {type(corruption).__name__} {corruption!r}."
-        )
-    positions = tuple(td.span_positions("clean", i, corruption.span) for i in range(len(td)))
-    if not any(len(p) for p in positions):
-        raise ConfigError(
-            f"Noise corruption span {corruption.span!r} covers no token of any prompt of dataset {td.dataset.name!r}."
-        )
-    std = (
-        corruption.std
-        if corruption.std is not None
-        else _measure_std(adapter, td, positions, batch_size)
-    )
-    ids = td.dataset.ids
-    seeds = np.array([corruption.prompt_seed(i) for i in ids], dtype=np.uint64)
-    return _Noise(corruption, float(std), ids, seeds, positions, adapter.d_model)
-
-
-def _measure_std(
-    adapter: ModelAdapter, td: TokenizedDataset, positions: tuple[np.ndarray, ...], batch_size: int
-) -> float:
-    """ROME's std of clean ``resid_pre.0`` over every span token of every prompt (one cheap pass)."""
-    lengths = td.lengths("clean")
-    key = (SiteKind.RESID_PRE, 0)
-    picked = []
-    for batch in _buckets(lengths, batch_size):
-        tokens = mx.array(td.tokens("clean")[batch, : lengths[batch[0]]])  # (B, T)
-        x = (
-            adapter.forward(tokens, Forward(reads={key: None}, logits=False))
-            .sites[key]
-            .astype(mx.float32)
-        )
-        mx.eval(x)
-        x = np.asarray(x)  # (B, T, D)
-        picked.extend(x[j, positions[i]] for j, i in enumerate(batch))
-    return measured_std([a for a in picked if len(a)])
-
-
-def _noise_write(noise: _Noise, prompts: np.ndarray) -> SiteWrite | None:
-    """The ``resid_pre.0`` addition that corrupts ``prompts`` (batch rows 0..B-1), or None."""
-    rows, positions, values = [], [], []
-    for row, p in enumerate(prompts):
-        where = noise.positions[p]
-        if len(where):
-            rows.append(np.full(len(where), row, dtype=np.int32))
-            positions.append(where)
-            values.append(
-                noise.corruption.noise_for(noise.ids[p], where, noise.d_model, std=noise.std)
-            )
-    if not rows:
-        return None
-    return SiteWrite(
-        SiteKind.RESID_PRE,
-        0,
-        mx.array(np.concatenate(rows)),
-        mx.array(np.concatenate(positions)),
-        mx.array(np.concatenate(values)),
-        add=True,
-    )
