@@ -332,14 +332,23 @@ def plan_work(
     return PatchPlan(len(next(iter(lengths.values()))), runs, naive, engine)
 
 
-def plan_patch(capture: ActivationStore, spec: PatchSpec, n_layers: int) -> PatchPlan:
-    """:func:`plan_work` for a capture store (``n_layers``: the model's block count)."""
+def plan_patch(
+    capture: ActivationStore, spec: PatchSpec, n_layers: int, prompts: np.ndarray | None = None
+) -> PatchPlan:
+    """:func:`plan_work` for a capture store (``n_layers``: the model's block count).
+
+    ``prompts``: a boolean mask or index array restricting the plan to some prompts (e.g. the
+    ones a resumed run still has to do).
+    """
     ctx = _context(capture, spec)
     layout = capture.layout
     n = capture.n_prompts
-    lengths = {run: capture.zarr_array(f"{run}_length")[:] for run in layout.runs}
+    pick = np.arange(n) if prompts is None else np.arange(n)[prompts]
+    lengths = {run: capture.zarr_array(f"{run}_length")[:][pick] for run in layout.runs}
     role_pos = {
-        run: capture.zarr_array(f"{run}_role_pos")[:] if layout.roles else np.zeros((n, 0))
+        run: capture.zarr_array(f"{run}_role_pos")[:][pick]
+        if layout.roles
+        else np.zeros((len(pick), 0))
         for run in layout.runs
     }
     return plan_work(spec, ctx.items, n_layers, lengths, role_pos, layout.roles)
@@ -393,12 +402,16 @@ def patch(
     missing = results.missing_chunks()
     check_cpu_speed(loaded.device)
     engine = PatchEngine(loaded.adapter, spec.metrics, spec.max_rows)
-    runs_per_prompt = max(plan.patched_runs // max(capture.n_prompts, 1), 1)
-    todo = sum(len(range(*results.chunk_slice(c).indices(capture.n_prompts))) for c in missing)
+    todo = np.zeros(capture.n_prompts, dtype=bool)
+    for c in missing:
+        todo[results.chunk_slice(c)] = True
+    todo_runs = (
+        plan_patch(capture, spec, loaded.adapter.n_layers, prompts=todo).patched_runs
+        if missing
+        else 0
+    )
     with (
-        StageProgress(
-            "patch", total=todo * runs_per_prompt, enabled=progress, unit="patched runs"
-        ) as bar,
+        StageProgress("patch", total=todo_runs, enabled=progress, unit="patched runs") as bar,
         ChunkWriter(results) as writer,
     ):
         for c in missing:
@@ -411,7 +424,7 @@ def patch(
         capture.n_prompts,
         len(missing),
         results.n_chunks - len(missing),
-        plan.patched_runs,
+        todo_runs,  # done by this call (a resumed run counts only what it computed)
         done["forwards"],
         time.perf_counter() - t0,
         str(results_url),

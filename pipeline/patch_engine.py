@@ -229,7 +229,7 @@ class PatchEngine:
                 self.stats["rows"] += len(row_prompt)
                 self.stats["token_layers"] += int(((T - p) * (n_layers - row_start)).sum())
                 if on_progress is not None:
-                    on_progress(len(chunk) * B)
+                    on_progress(int(valid.sum()))  # patched runs whose positions exist
         return EngineResult(out, base.scores)
 
     def _forward(
