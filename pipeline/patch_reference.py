@@ -14,7 +14,7 @@ import numpy as np
 
 from .adapter import Forward, ModelAdapter
 from .patch_engine import PatchBatch, PatchEntry, build_writes, noise_write
-from .scoring import score
+from .scoring import Scorer
 
 __all__ = ["naive_patch"]
 
@@ -25,11 +25,10 @@ def naive_patch(
     """Metric values (n_items, B, M) by one full forward pass (all prompts, all positions) per item."""
     B, _ = batch.base_tokens.shape
     tokens = mx.array(batch.base_tokens)
-    answer, wrong, clean = (
-        mx.array(batch.answer),
-        mx.array(batch.wrong),
-        mx.array(batch.clean_logits),
-    )
+    # Same scoring backend as the engine on this device: the reference checks the forward
+    # passes; scoring itself is checked against float64 definitions (tests/pipeline/test_scoring.py).
+    backend = "numpy" if mx.default_device().type == mx.cpu else "mlx"
+    scorer = Scorer(batch.answer, batch.wrong, batch.clean_logits, metrics, backend)
     out = np.full((len(items), B, len(metrics)), np.nan, dtype=np.float32)
     rows = np.arange(B)
     for i, item in enumerate(items):
@@ -37,7 +36,9 @@ def naive_patch(
         logits = adapter.forward(
             tokens, Forward(writes=[*noise_write(batch), *writes])
         ).logits  # (B, T, V)
-        values = score(logits[:, -1], answer, wrong, clean, metrics)
+        values = scorer(
+            logits[:, -1], mx.arange(B)
+        )  # MLX scoring: independent of the engine's host path
         mx.eval(values)
         out[i] = np.where(valid[:, None], np.array(values), np.nan)
     return out
