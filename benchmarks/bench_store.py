@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from patchsweep.stores.activations import ActivationStore, CaptureLayout
 from patchsweep.stores.identity import Identity
 from patchsweep.stores.summary import summarize

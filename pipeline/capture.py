@@ -196,6 +196,9 @@ class CaptureSummary:
     bytes_stored: int
     elapsed_s: float
     noise_std: float | None = None
+    write_s: float = (
+        0.0  # the writer thread's busy time (encode + write + fsync), overlapping compute
+    )
 
     @property
     def compression_ratio(self) -> float:
@@ -338,6 +341,7 @@ def capture(
                 writer.submit(c, arrays)
                 written += _stored_nbytes(arrays, plan)
         tokens = bar.tokens
+        write_s = writer.busy_s
     except StoreError as e:
         if isinstance(e.__cause__, Float16OverflowError):  # raised in the writer thread
             raise Float16OverflowError(
@@ -358,6 +362,7 @@ def capture(
         bytes_stored=stored,
         elapsed_s=time.perf_counter() - start,
         noise_std=noise.std if noise is not None else None,
+        write_s=write_s,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,8 @@ class ChunkWriter:
     chunks are already queued (bounded memory). An error in the writer thread is raised in
     the caller by the next ``submit`` or by ``close`` (``with`` block exit); chunks queued after
     a failure are dropped, unmarked, so a resume rewrites them. The caller must not modify
-    submitted arrays.
+    submitted arrays. ``busy_s`` is the time the thread spent in ``write_chunk`` (encode, write,
+    fsync, mark): bytes written / ``busy_s`` is the store writer's own throughput.
 
     Example
     -------
@@ -42,6 +44,7 @@ class ChunkWriter:
             raise ConfigError(f"max_pending must be an integer >= 1, got {max_pending!r}.")
         self.store = store
         self.chunks_written = 0
+        self.busy_s = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(
@@ -57,11 +60,14 @@ class ChunkWriter:
             if self._error is not None:
                 continue  # drain so the caller never blocks on a dead writer
             c, arrays = item
+            start = time.perf_counter()
             try:
                 self.store.write_chunk(c, arrays)
                 self.chunks_written += 1
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller
                 self._error = e
+            finally:
+                self.busy_s += time.perf_counter() - start
 
     def _raise_pending(self) -> None:
         if self._error is not None:

@@ -123,6 +123,8 @@ def encode_floats(
         return x.astype(np.float32, copy=False)
     with np.errstate(over="ignore"):
         y = x.astype(np.float16)
+    if not np.isinf(y).any():  # fast path: one pass over the half-size result
+        return y
     bad = np.isinf(y) & np.isfinite(x)
     if bad.any():
         row = int(np.argmax(bad.reshape(bad.shape[0], -1).any(axis=1))) if bad.ndim else 0

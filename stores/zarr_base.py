@@ -84,6 +84,7 @@ class ChunkedStore:
 
     KIND = ""
     INNER_CHUNK_MAX_BYTES = 32 << 20  # one-prompt reads stay in the tens of ms
+    INNER_CHUNK_MIN_BYTES = 1 << 20  # small prompts share an inner chunk up to this size
     WRITE_THREADS = 4
 
     def __init__(
@@ -145,6 +146,7 @@ class ChunkedStore:
                 codec=codec,
                 chunk_prompts=chunk_prompts,
                 inner_max=cls.INNER_CHUNK_MAX_BYTES,
+                inner_min=cls.INNER_CHUNK_MIN_BYTES,
             )
         n_chunks = -(-n_prompts // chunk_prompts)
         group.create_array(

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+
 from patchsweep.pipeline.adapter import Forward, SiteWrite
 from patchsweep.pipeline.capture import CaptureSpec, capture
 from patchsweep.pipeline.corruption import NoiseCorruption
@@ -23,7 +24,6 @@ from patchsweep.pipeline.loading import DEMO_MODEL
 from patchsweep.stores.activations import ActivationStore
 from patchsweep.stores.errors import ConfigError, Float16OverflowError, StoreMismatchError
 from patchsweep.stores.sites import SiteKind
-
 from tests.pipeline.tiny_capture import load_tiny, make_dataset, make_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -412,9 +412,12 @@ def test_capture_resumes_after_kill_bit_identical(model_dirs, tmp_path):
     work = time.perf_counter() - t0
     script = tmp_path / "run_capture.py"
     script.write_text(_CAPTURE_SCRIPT.format(repo=str(REPO), model=str(model_dirs["llama"])))
-    run = lambda: subprocess.Popen(
-        [sys.executable, str(script), str(got)], stdout=subprocess.PIPE, text=True
-    )  # noqa: E731
+
+    def run():
+        return subprocess.Popen(
+            [sys.executable, str(script), str(got)], stdout=subprocess.PIPE, text=True
+        )
+
     rng = random.Random(0)
     missing = []
     for _ in range(3):

@@ -7,13 +7,15 @@ import importlib
 import json
 from pathlib import Path
 
-import mlx.core as mx
 import patchsweep.pipeline  # noqa: F401  (preloads BLAS before mlx)
+
+# isort: split
+import mlx.core as mx
 from mlx.utils import tree_flatten
+
 from patchsweep.pipeline.compute import ComputeConfig
 from patchsweep.pipeline.datasets import PromptDataset, PromptPair
 from patchsweep.pipeline.loading import LoadedModel, load_model
-
 from tests.tiny_models import CONFIGS
 
 WORDS = "the a of to is and in capital city France Paris Germany Berlin Italy Rome Spain Madrid Mary John gave drink . , when went store".split()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from patchsweep.stores.activations import ActivationStore, CaptureLayout
 from patchsweep.stores.identity import Identity
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+
 from patchsweep.stores.activations import ActivationStore, CaptureLayout
 from patchsweep.stores.errors import ConfigError, StoreMismatchError
 from patchsweep.stores.zarr_base import bfloat16_to_float32, float32_to_bfloat16

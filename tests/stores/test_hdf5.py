@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+
 from patchsweep.stores.activations import ActivationStore
 from patchsweep.stores.errors import StoreError
 from patchsweep.stores.hdf5 import export_hdf5, import_hdf5

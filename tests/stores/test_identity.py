@@ -2,6 +2,7 @@ import hashlib
 
 import numpy as np
 import pytest
+
 from patchsweep.stores.errors import StoreError, StoreMismatchError
 from patchsweep.stores.identity import (
     Identity,

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import xarray as xr
+
 from patchsweep.stores.errors import ConfigError, StoreMismatchError
 from patchsweep.stores.results import ResultsLayout, ResultsStore
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from patchsweep.stores.errors import StoreError
 from patchsweep.stores.summary import summarize
 

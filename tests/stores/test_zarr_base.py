@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from patchsweep.stores.activations import ActivationStore
 from patchsweep.stores.errors import (
     ConfigError,
