@@ -74,7 +74,12 @@ def bench_correction(m: int = 1_000_000) -> dict[str, float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-gb", type=float, default=1.0, help="store size on disk (GB, 1e9 bytes); 5 for the reference run")
+    ap.add_argument(
+        "--size-gb",
+        type=float,
+        default=1.0,
+        help="store size on disk (GB, 1e9 bytes); 5 for the reference run",
+    )
     ap.add_argument("--dir", default=None, help="where to write the store (default: a temp dir)")
     ap.add_argument(
         "--block-mb", type=float, default=96.0, help="component-block memory budget (MiB)"

@@ -7,8 +7,10 @@ A full ``resid_pre`` layer x position sweep (denoising), on
 
 The naive loop is what TransformerLens's ``get_act_patch_resid_pre`` does: one forward pass of
 the whole prompt batch per (layer, position), every position unembedded. Both compute the same
-numbers (checked here too). FLOPs count 2 x parameters per token per block plus 2 x d_model x
-vocab per unembedded position (attention score FLOPs are <1% at these lengths and left out).
+numbers (checked here too). FLOPs count 2 x parameters per token per block (for the engine's
+last block, whose positions before the answer skip the MLP and output projection: 2 x the
+other parameters) plus 2 x d_model x vocab per unembedded position (attention score FLOPs are
+<1% at these lengths and left out).
 
 Run: ``python benchmarks/bench_patch.py [--prompts 16] [--tokens 16] [--skip-naive]``
 """
@@ -82,6 +84,17 @@ def bench(name, adapter, clean, corrupted, skip_naive=False):
     L, D, V = adapter.n_layers, adapter.d_model, adapter.vocab_size
     tied = getattr(adapter.model.args, "tie_word_embeddings", True)
     per_token_layer = 2 * (n_params - V * D * (1 if tied else 2)) / L  # block parameters only
+    # the last block's other positions compute keys/values and attention only (no MLP, no o_proj)
+    block = adapter.block(L - 1)
+    skipped = sum(
+        v.size
+        for module in (
+            adapter.output_projection(L - 1),
+            *(m.inner for m in block.children().values() if getattr(m, "_kind", None) == "mlp"),
+        )
+        for _, v in tree_flatten(module.parameters())
+    )
+    per_token_partial = per_token_layer - 2 * skipped
     batch = make_batch(adapter, clean, corrupted)
     B, T = corrupted.shape
     items = [
@@ -91,12 +104,14 @@ def bench(name, adapter, clean, corrupted, skip_naive=False):
     ]
     engine = PatchEngine(adapter, METRICS, max_rows=256)
     engine.run(batch, items[:2])  # warm-up
-    engine.stats = {"forwards": 0, "rows": 0, "token_layers": 0}
+    engine.stats = dict.fromkeys(engine.stats, 0)
     t0 = time.perf_counter()
     fast = engine.run(batch, items).values
     t_engine = time.perf_counter() - t0
     flops_engine = (
-        engine.stats["token_layers"] * per_token_layer + (engine.stats["rows"] + B) * 2 * D * V
+        engine.stats["token_layers"] * per_token_layer
+        + engine.stats["last_block_partial"] * per_token_partial
+        + (engine.stats["rows"] + B) * 2 * D * V
     )
     flops_naive = len(items) * B * T * (L * per_token_layer + 2 * D * V)
     out = {

@@ -17,6 +17,10 @@ masks, final norm, logit soft-capping all stay the model's), and the wrappers, w
 a start layer (the forward pass then *starts* at layer ``l`` from a given residual stream),
 stop after the deepest block a request needs, and cut the last block's output to the
 positions that must be unembedded, so the final norm and unembedding run on those alone.
+When only the last position is unembedded (and nothing is read in the last block), the last
+block's MLP and attention output projection run on that position alone: the other positions'
+outputs of the last block feed nothing (their keys and values, computed from the block's
+input, are still computed for the last position's attention).
 
 Where the block is of the form ``x + attn(.) + mlp(.)`` (llama, qwen, phi3, gpt2, gpt_neox,
 starcoder2), ``resid_post = resid_pre + attn_out + mlp_out``. Blocks with post-norms (gemma2,
@@ -111,6 +115,7 @@ class Forward:
     _writes_at: dict = field(default_factory=dict)
     _joins: dict = field(default_factory=dict)
     _first: int = 0
+    _prune_last: bool = False
     stop_after: int | None = None
 
 
@@ -208,8 +213,18 @@ class _Hook(nn.Module):
             fwd, SiteKind.ATTN_OUT, self._layer, self.inner(*args, **kwargs)
         )
 
-    def _call_mlp(self, fwd: Forward, *args, **kwargs):
-        return self._adapter._visit(fwd, SiteKind.MLP_OUT, self._layer, self.inner(*args, **kwargs))
+    def _call_mlp(self, fwd: Forward, x, *args, **kwargs):
+        y = self._last_only(fwd, x, *args, **kwargs)
+        return self._adapter._visit(fwd, SiteKind.MLP_OUT, self._layer, y)
+
+    def _last_only(self, fwd: Forward, x, *args, **kwargs):
+        """The wrapped position-wise module on ``x`` (B, L, ...), computed at the last position
+        alone (zeros elsewhere) when the request's last block needs only that position."""
+        L = x.shape[1]
+        if not (fwd._prune_last and self._layer == self._adapter.n_layers - 1 and L > 1):
+            return self.inner(x, *args, **kwargs)
+        y = self.inner(x[:, -1:], *args, **kwargs)  # (B, 1, D)
+        return mx.concatenate([mx.zeros((y.shape[0], L - 1, *y.shape[2:]), y.dtype), y], axis=1)
 
     def _call_oproj(self, fwd: Forward, x, *args, **kwargs):
         key = (SiteKind.HEAD, self._layer)
@@ -218,7 +233,7 @@ class _Hook(nn.Module):
             heads = x.reshape(B, L, self._adapter.n_heads, -1)  # (B, L, H, d_head)
             heads = self._adapter._visit(fwd, SiteKind.HEAD, self._layer, heads)
             x = heads.reshape(B, L, -1)
-        return self.inner(x, *args, **kwargs)
+        return self._last_only(fwd, x, *args, **kwargs)
 
 
 def _take_positions(x: mx.array, positions) -> mx.array:
@@ -396,6 +411,14 @@ class ModelAdapter:
         if not request.logits:
             needed = [layer for _, layer in (*request.reads, *request._writes_at)]
             request.stop_after = max(needed) if needed else request._first
+        last = self.n_layers - 1
+        request._prune_last = (
+            request.logits
+            and isinstance(request.unembed, str)  # "last"
+            and not any(
+                layer == last and kind != SiteKind.RESID_PRE for kind, layer in request.reads
+            )
+        )
         self._active = request
         try:
             logits = self.model(tokens, cache=cache)

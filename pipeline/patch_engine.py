@@ -12,7 +12,8 @@ exactly the same numbers with far less work, from three facts about causal decod
    keys/values for positions ``< p`` are reused (a prefix KV cache) and only positions
    ``>= p`` are computed.
 3. The metrics need only the answer position's logits: the final norm and unembedding run
-   on the last position alone.
+   on the last position alone, and so do the last block's MLP and attention output
+   projection (the adapter's ``unembed="last"``).
 
 For a full layer x position sweep 1+2 cut block work to about a quarter; 3 removes almost all
 of the unembedding. Batches stay full: every patch with the same start position is one
@@ -173,7 +174,10 @@ class PatchEngine:
         self.adapter = adapter
         self.metrics = tuple(metrics)
         self.max_rows = max_rows
-        self.stats = {"forwards": 0, "rows": 0, "token_layers": 0}
+        # token_layers: (token, block) pairs computed in full; last_block_partial: tokens of the
+        # last block that computed only their keys/values and attention (no MLP, no output
+        # projection: only the answer position's output of the last block is used)
+        self.stats = {"forwards": 0, "rows": 0, "token_layers": 0, "last_block_partial": 0}
         # Score on the host with NumPy on a CPU device (4x faster exp than MLX's there).
         self.scoring = "numpy" if mx.default_device().type == mx.cpu else "mlx"
 
@@ -231,7 +235,11 @@ class PatchEngine:
                 out[ids] = np.where(valid.reshape(len(chunk), B)[..., None], values_np, np.nan)
                 self.stats["forwards"] += 1
                 self.stats["rows"] += len(row_prompt)
-                self.stats["token_layers"] += int(((T - p) * (n_layers - row_start)).sum())
+                partial = (T - p - 1) * len(row_start)
+                self.stats["token_layers"] += (
+                    int(((T - p) * (n_layers - row_start)).sum()) - partial
+                )
+                self.stats["last_block_partial"] += partial
                 if on_progress is not None:
                     on_progress(int(valid.sum()))  # patched runs whose positions exist
         return EngineResult(out, base.scores)
@@ -295,7 +303,9 @@ class PatchEngine:
         mx.eval(logits, resid, kv)
         scores = self._score(scorer, logits, np.arange(batch.size))
         self.stats["forwards"] += 1
-        self.stats["token_layers"] += batch.size * batch.base_tokens.shape[1] * L
+        partial = batch.size * (batch.base_tokens.shape[1] - 1)
+        self.stats["token_layers"] += batch.size * batch.base_tokens.shape[1] * L - partial
+        self.stats["last_block_partial"] += partial
         return _BaseRun(resid, kv, scores)
 
 

@@ -142,6 +142,49 @@ def test_forward_unembed_last_only(setup):
     close(out[:, 0], reference[:, -1])
 
 
+def _mlp_input_lengths(adapter, layer):
+    """Record the sequence length every call of block ``layer``'s MLP sees."""
+    hook = next(
+        h
+        for h in adapter.model.layers[layer].inner.children().values()
+        if getattr(h, "_kind", None) == "mlp"
+    )
+    seen, inner = [], hook.inner
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def __call__(self, x, *args, **kwargs):
+            seen.append(x.shape[1])
+            return self.inner(x, *args, **kwargs)
+
+    hook.inner = Spy()
+    return seen, lambda: setattr(hook, "inner", inner)
+
+
+def test_forward_unembed_last_runs_last_mlp_on_last_position_only(setup):
+    _, adapter, tokens, reference, res = setup
+    last = adapter.n_layers - 1
+    seen, restore = _mlp_input_lengths(adapter, last)
+    try:
+        out = adapter.forward(tokens, Forward(unembed="last")).logits
+        mx.eval(out)
+        assert seen == [1]
+        close(out[:, 0], reference[:, -1])
+        # a read in the last block needs every position: no pruning, exact sites
+        got = adapter.forward(
+            tokens, Forward(reads={(SiteKind.MLP_OUT, last): None}, unembed="last")
+        )
+        mx.eval(got.logits, got.sites)
+        assert seen == [1, L]
+        close(got.sites[(SiteKind.MLP_OUT, last)], res.sites[(SiteKind.MLP_OUT, last)], tol=1e-6)
+        close(got.logits[:, 0], reference[:, -1])
+    finally:
+        restore()
+
+
 def test_forward_without_logits_stops_after_deepest_site(setup):
     _, adapter, tokens, _, res = setup
     got = adapter.forward(tokens, Forward(reads={(SiteKind.MLP_OUT, 0): None}, logits=False))
