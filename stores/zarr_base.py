@@ -256,18 +256,19 @@ class ChunkedStore:
         """
         self._check_writable()
         rows = self.chunk_slice(c)
-        encoded = self._validate_chunk(rows, arrays)
+        checked = self._validate_chunk(rows, arrays)
         marker = self.zarr_array(MARKER)
         if marker[c] == 1:
             marker[c] = 0
-        pool = self._executor()
+        pool = self._executor()  # encode (dtype casts release the GIL) and write, array by array
         futures = [
-            pool.submit(self._write_rows, name, rows, value) for name, value in encoded.items()
+            pool.submit(self._encode_and_write, name, spec, value, rows)
+            for name, (spec, value) in checked.items()
         ]
         for future in futures:
-            future.result()
+            future.result()  # the first error (e.g. float16 overflow) leaves the chunk unmarked
         if self.durable:
-            self._fsync_chunk(c, encoded)
+            self._fsync_chunk(c, checked)
         marker[c] = 1
         if self.durable:
             self._fsync_chunk(c, {MARKER: None})
@@ -275,9 +276,23 @@ class ChunkedStore:
     def _write_rows(self, name: str, rows: slice, value: np.ndarray) -> None:
         self.zarr_array(name)[rows] = value
 
+    def _encode_and_write(self, name: str, spec, value: np.ndarray, rows: slice) -> None:
+        self._write_rows(name, rows, self._encode(name, spec, value, rows))
+
+    def _encode(self, name: str, spec, value: np.ndarray, rows: slice) -> np.ndarray:
+        """One array's rows in their storage form (floats in the storage dtype)."""
+        if spec.kind == "float":
+            return encode_floats(
+                value, self.storage_dtype, what=f"Array {name!r}", first_row=rows.start
+            )
+        if spec.kind == "str":
+            return value.astype(str)
+        return value.astype(np.dtype(spec.kind), copy=False)
+
     def _validate_chunk(
         self, rows: slice, arrays: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, tuple]:
+        """Check names, shapes and dtypes of a chunk's arrays: ``{name: (spec, array)}``."""
         specs = self.per_prompt_specs()
         missing, extra = sorted(set(specs) - set(arrays)), sorted(set(arrays) - set(specs))
         if missing or extra:
@@ -294,19 +309,13 @@ class ChunkedStore:
                 raise ConfigError(
                     f"Array {name!r} for prompts {rows.start}..{rows.stop - 1} has shape {value.shape}; expected {want} {spec.dims}."
                 )
-            if spec.kind == "float":
-                out[name] = encode_floats(
-                    value, self.storage_dtype, what=f"Array {name!r}", first_row=rows.start
-                )
-            elif spec.kind == "str":
-                out[name] = value.astype(str)
-            else:
+            if spec.kind not in ("float", "str"):
                 target = np.dtype(spec.kind)
                 if not np.can_cast(value.dtype, target, casting="same_kind"):
                     raise ConfigError(
                         f"Array {name!r} has dtype {value.dtype}; expected values castable to {target}."
                     )
-                out[name] = value.astype(target, copy=False)
+            out[name] = (spec, value)
         return out
 
     def _fsync_chunk(self, c: int, names) -> None:

@@ -23,12 +23,13 @@ def _naive_recovery(path, name, metric):
     clean = np.asarray(g[f"clean_{metric}"][...], dtype=np.float64)
     corrupted = np.asarray(g[f"corrupted_{metric}"][...], dtype=np.float64)
     shape = (-1,) + (1,) * (patched.ndim - 1)
-    if metric == "kl":
-        gap = corrupted
-        rec = 1 - patched / corrupted.reshape(shape)
-    else:
-        gap = clean - corrupted
-        rec = (patched - corrupted.reshape(shape)) / gap.reshape(shape)
+    with np.errstate(invalid="ignore", divide="ignore"):  # zero gaps are flagged in `bad`
+        if metric == "kl":
+            gap = corrupted
+            rec = 1 - patched / corrupted.reshape(shape)
+        else:
+            gap = clean - corrupted
+            rec = (patched - corrupted.reshape(shape)) / gap.reshape(shape)
     bad = np.abs(gap) < 1e-6 * np.median(np.abs(gap))
     return patched.reshape(len(clean), -1), rec.reshape(len(clean), -1), bad | (gap == 0)
 
