@@ -289,9 +289,7 @@ class ChunkedStore:
             return value.astype(str)
         return value.astype(np.dtype(spec.kind), copy=False)
 
-    def _validate_chunk(
-        self, rows: slice, arrays: Mapping[str, np.ndarray]
-    ) -> dict[str, tuple]:
+    def _validate_chunk(self, rows: slice, arrays: Mapping[str, np.ndarray]) -> dict[str, tuple]:
         """Check names, shapes and dtypes of a chunk's arrays: ``{name: (spec, array)}``."""
         specs = self.per_prompt_specs()
         missing, extra = sorted(set(specs) - set(arrays)), sorted(set(arrays) - set(specs))
