@@ -177,12 +177,17 @@ class PatchSummary:
     elapsed_s: float
     results_url: str
     plan: PatchPlan = field(repr=False)
+    computed_prompts: int | None = None  # prompts this call patched (None: all of them)
+
+    def _which(self) -> str:
+        done = self.prompts if self.computed_prompts is None else self.computed_prompts
+        return f"{self.prompts}" if done == self.prompts else f"{done} of {self.prompts}"
 
     def line(self) -> str:
         rate = self.patched_runs / self.elapsed_s if self.elapsed_s > 0 else float("nan")
         resumed = f" ({self.chunks_skipped} chunks already done)" if self.chunks_skipped else ""
         return (
-            f"patched {self.prompts} prompts: {self.patched_runs:,} patched runs in {self.forwards:,} forward passes, "
+            f"patched {self._which()} prompts: {self.patched_runs:,} patched runs in {self.forwards:,} forward passes, "
             f"{self.elapsed_s:.1f} s ({rate:,.0f} patched runs/s), {self.plan.work_ratio:.1f}x less block work than "
             f"one forward per patch{resumed} -> {self.results_url}"
         )
@@ -429,6 +434,7 @@ def patch(
         time.perf_counter() - t0,
         str(results_url),
         plan,
+        computed_prompts=int(todo.sum()),
     )
 
 

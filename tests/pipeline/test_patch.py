@@ -15,6 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+import zarr
 
 from patchsweep.pipeline.adapter import Forward
 from patchsweep.pipeline.capture import CaptureSpec, capture
@@ -168,6 +169,19 @@ def test_patch_refuses_all_positions_for_unequal_lengths(lm, tmp_path):
         lm, url, PatchSpec(positions=("subject_last", "last")), tmp_path / "r2.zarr", progress=False
     )
     assert summary.prompts == 6
+
+
+def test_patch_resumed_summary_counts_only_recomputed_prompts(lm, captured, tmp_path):
+    spec = PatchSpec(sites=("resid_pre",), positions=("last",))
+    url = tmp_path / "r.zarr"
+    full = patch(lm, captured, spec, url, progress=False)
+    assert (full.computed_prompts, full.chunks_skipped) == (5, 0)
+    assert "patched 5 prompts" in full.line()
+    zarr.open_array(str(url / "chunk_written"), mode="r+")[1] = 0  # chunk 1 (prompts 2-3) undone
+    again = patch(lm, captured, spec, url, progress=False)
+    assert (again.computed_prompts, again.chunks_done, again.chunks_skipped) == (2, 1, 2)
+    assert again.patched_runs == 2 * full.patched_runs // 5
+    assert "patched 2 of 5 prompts" in again.line() and "(2 chunks already done)" in again.line()
 
 
 def test_patch_refuses_what_the_capture_lacks(lm, tmp_path):
