@@ -12,7 +12,14 @@ last block, whose positions before the answer skip the MLP and output projection
 other parameters) plus 2 x d_model x vocab per unembedded position (attention score FLOPs are
 <1% at these lengths and left out).
 
-Run: ``python benchmarks/bench_patch.py [--prompts 16] [--tokens 16] [--skip-naive]``
+The engine is timed twice: as shipped, and with ``skip_noops=False`` (every patch computed, also
+those before the first corrupted token, where a patch cannot change the run: the GPT-2 prompts
+are corrupted at token ``tokens // 3``, so a third of the positions are such no-ops).
+
+Engine and naive runs alternate; each figure is the best of ``--repeats`` (GPT-2, default 1:
+~2.5 min a pair) or ``--demo-repeats`` (default 5: the demo sweep takes about a second).
+
+Run: ``python benchmarks/bench_patch.py [--prompts 16] [--tokens 16] [--repeats 1] [--skip-naive]``
 """
 
 from __future__ import annotations
@@ -67,6 +74,8 @@ def make_batch(adapter, clean, corrupted):
     B, T = corrupted.shape
     rng = np.random.default_rng(0)
     vocab = adapter.vocab_size
+    differ = clean != corrupted
+    same = np.where(differ.any(axis=1), differ.argmax(axis=1), T)  # shared prefix per prompt
     return PatchBatch(
         base_tokens=corrupted,
         source=lambda kind, layer: sites[(kind, layer)],
@@ -75,11 +84,15 @@ def make_batch(adapter, clean, corrupted):
         answer=rng.integers(0, vocab, B),
         wrong=rng.integers(0, vocab, B),
         clean_logits=np.array(res.logits[:, 0]),
+        noop=lambda p: np.full(B, p.index < T) & (p.index < same),
     )
 
 
-def bench(name, adapter, clean, corrupted, skip_naive=False):
-    """Time a full resid_pre layer x position sweep with the engine and the naive loop."""
+def bench(name, adapter, clean, corrupted, skip_naive=False, repeats=1):
+    """Time a full resid_pre layer x position sweep with the engine and the naive loop.
+
+    With ``repeats`` > 1 the two are timed alternately that many times and the best of each
+    is kept (short runs on a shared machine are noisy)."""
     n_params = sum(v.size for _, v in tree_flatten(adapter.model.parameters()))
     L, D, V = adapter.n_layers, adapter.d_model, adapter.vocab_size
     tied = getattr(adapter.model.args, "tie_word_embeddings", True)
@@ -104,10 +117,30 @@ def bench(name, adapter, clean, corrupted, skip_naive=False):
     ]
     engine = PatchEngine(adapter, METRICS, max_rows=256)
     engine.run(batch, items[:2])  # warm-up
-    engine.stats = dict.fromkeys(engine.stats, 0)
-    t0 = time.perf_counter()
-    fast = engine.run(batch, items).values
-    t_engine = time.perf_counter() - t0
+    if not skip_naive:
+        naive_patch(adapter, batch, items[:1], METRICS)  # warm-up
+    plain = PatchEngine(adapter, METRICS, max_rows=256, skip_noops=False)
+    plain.run(batch, items[:2])  # warm-up
+    engine_times, naive_times, plain_times = [], [], []
+    for _ in range(repeats):
+        plain.stats = dict.fromkeys(plain.stats, 0)
+        t0 = time.perf_counter()
+        plain.run(batch, items)
+        plain_times.append(time.perf_counter() - t0)
+        engine.stats = dict.fromkeys(engine.stats, 0)
+        t0 = time.perf_counter()
+        fast = engine.run(batch, items).values
+        engine_times.append(time.perf_counter() - t0)
+        if not skip_naive:
+            t0 = time.perf_counter()
+            slow = naive_patch(adapter, batch, items, METRICS)
+            naive_times.append(time.perf_counter() - t0)
+    t_engine, t_plain = min(engine_times), min(plain_times)
+    flops_plain = (
+        plain.stats["token_layers"] * per_token_layer
+        + plain.stats["last_block_partial"] * per_token_partial
+        + (plain.stats["rows"] + B) * 2 * D * V
+    )
     flops_engine = (
         engine.stats["token_layers"] * per_token_layer
         + engine.stats["last_block_partial"] * per_token_partial
@@ -125,18 +158,23 @@ def bench(name, adapter, clean, corrupted, skip_naive=False):
         "engine_gflops_achieved": round(flops_engine / t_engine / 1e9, 1),
         "flop_ratio_naive_over_engine": round(flops_naive / flops_engine, 2),
         "engine_forwards": engine.stats["forwards"],
+        "engine_noop_runs": engine.stats["noops"],
+        "no_skip_s": round(t_plain, 2),
+        "no_skip_gflops_achieved": round(flops_plain / t_plain / 1e9, 1),
+        "flop_ratio_naive_over_no_skip": round(flops_naive / flops_plain, 2),
+        "repeats": repeats,
+        "engine_s_all": [round(t, 2) for t in engine_times],
     }
     if not skip_naive:
-        naive_patch(adapter, batch, items[:1], METRICS)  # warm-up
-        t0 = time.perf_counter()
-        slow = naive_patch(adapter, batch, items, METRICS)
-        t_naive = time.perf_counter() - t0
+        t_naive = min(naive_times)
+        out["naive_s_all"] = [round(t, 2) for t in naive_times]
         scale = np.abs(slow).max(axis=(0, 1))
         out.update(
             naive_s=round(t_naive, 2),
             naive_patched_runs_per_s=round(len(items) * B / t_naive, 1),
             naive_gflops_achieved=round(flops_naive / t_naive / 1e9, 1),
             wallclock_speedup=round(t_naive / t_engine, 2),
+            wallclock_speedup_no_skip=round(t_naive / t_plain, 2),
             max_rel_diff=float(np.max(np.abs(fast - slow) / scale)),
         )
     return out
@@ -147,6 +185,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1, help="GPT-2 sweeps timed (best of)")
+    ap.add_argument("--demo-repeats", type=int, default=5, help="demo sweeps timed (best of)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     gflops = matmul_gflops(n=1024, repeats=5)
@@ -157,7 +197,12 @@ def main() -> None:
     corrupted = clean.copy()
     corrupted[:, args.tokens // 3] = rng.integers(0, 50257, args.prompts)
     r = bench(
-        "gpt2-small-shaped (random)", ModelAdapter(gpt2_small()), clean, corrupted, args.skip_naive
+        "gpt2-small-shaped (random)",
+        ModelAdapter(gpt2_small()),
+        clean,
+        corrupted,
+        args.skip_naive,
+        args.repeats,
     )
     results["runs"].append(r)
     print(json.dumps(r), flush=True)
@@ -177,7 +222,7 @@ def main() -> None:
         ]
         c = np.stack([td.ids("clean", int(i)) for i in idx]).astype(np.int32)
         k = np.stack([td.ids("corrupted", int(i)) for i in idx]).astype(np.int32)
-        r = bench("demo model, ioi", lm.adapter, c, k, args.skip_naive)
+        r = bench("demo model, ioi", lm.adapter, c, k, args.skip_naive, args.demo_repeats)
         results["runs"].append(r)
         print(json.dumps(r), flush=True)
     if args.json:

@@ -178,10 +178,16 @@ class PatchSummary:
     results_url: str
     plan: PatchPlan = field(repr=False)
     computed_prompts: int | None = None  # prompts this call patched (None: all of them)
+    noop_runs: int = 0  # patched runs inside the runs' shared prefix: the base run, not computed
 
     def _which(self) -> str:
         done = self.prompts if self.computed_prompts is None else self.computed_prompts
         return f"{self.prompts}" if done == self.prompts else f"{done} of {self.prompts}"
+
+    def _noops(self) -> str:
+        if not self.noop_runs:
+            return ""
+        return f"; {self.noop_runs:,} of the runs patch where both runs are still identical (answered by the base run)"
 
     def line(self) -> str:
         rate = self.patched_runs / self.elapsed_s if self.elapsed_s > 0 else float("nan")
@@ -189,7 +195,7 @@ class PatchSummary:
         return (
             f"patched {self._which()} prompts: {self.patched_runs:,} patched runs in {self.forwards:,} forward passes, "
             f"{self.elapsed_s:.1f} s ({rate:,.0f} patched runs/s), {self.plan.work_ratio:.1f}x less block work than "
-            f"one forward per patch{resumed} -> {self.results_url}"
+            f"one forward per patch{self._noops()}{resumed} -> {self.results_url}"
         )
 
 
@@ -435,6 +441,7 @@ def patch(
         str(results_url),
         plan,
         computed_prompts=int(todo.sum()),
+        noop_runs=done["noops"],
     )
 
 
@@ -532,6 +539,16 @@ def _patch_chunk(
                 noise = _noise(
                     ctx, loaded, [ids[i] for i in idx], per_run["clean"]["role_pos"][idx], role_ix
                 )
+            same = _common_prefix(per_run[base_run], per_run[src_run], idx)
+            if ctx.noise is not None:  # noise from the span's first token on, in either run
+                first = per_run["clean"]["role_pos"][idx, role_ix[f"{ctx.noise.span}_first"]]
+                same = np.where(first >= 0, np.minimum(same, first), same)
+            base_abs, source_abs = pos_fn(base_run), pos_fn(src_run)
+
+            def noop(p: Position, base_abs=base_abs, source_abs=source_abs, same=same):
+                b = base_abs(p)
+                return (b >= 0) & (b == source_abs(p)) & (b < same)
+
             batch = PatchBatch(
                 base_tokens=base_tokens_all[idx, :T].astype(np.int32),
                 source=lambda kind, layer, idx=idx, src_run=src_run: source_acts(
@@ -543,12 +560,22 @@ def _patch_chunk(
                 wrong=wrong[idx],
                 clean_logits=logits["clean"][idx],
                 noise=noise,
+                noop=noop,
             )
             values = engine.run(batch, ctx.items, on_progress=advance).values  # (n_items, B, M)
             for item_ix, (suffix, where) in enumerate(ctx.targets):
                 for m_ix, m in enumerate(spec.metrics):
                     out[f"{d}_{suffix}{m}"][(idx, *where)] = values[item_ix, :, m_ix]
     return out
+
+
+def _common_prefix(base: dict, source: dict, idx: np.ndarray) -> np.ndarray:
+    """(B,) number of leading tokens the two runs of each prompt share (up to the shorter one)."""
+    a, b = base["tokens"][idx], source["tokens"][idx]
+    width = min(a.shape[1], b.shape[1])
+    differ = a[:, :width] != b[:, :width]
+    first = np.where(differ.any(axis=1), differ.argmax(axis=1), width)
+    return np.minimum(first, np.minimum(base["length"][idx], source["length"][idx]))
 
 
 def _noise(

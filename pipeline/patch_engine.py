@@ -15,10 +15,17 @@ exactly the same numbers with far less work, from three facts about causal decod
    on the last position alone, and so do the last block's MLP and attention output
    projection (the adapter's ``unembed="last"``).
 
+4. A patch at position ``p`` of a prompt whose base and source runs are identical up to and
+   including ``p`` (same tokens, no noise there: :attr:`PatchBatch.noop`) writes exactly what
+   the base run already holds, so its patched run *is* the base run: its metrics are the base
+   run's, and nothing is computed. Typical corruptions change one token in the middle of the
+   prompt, so this skips every position before it.
+
 For a full layer x position sweep 1+2 cut block work to about a quarter; 3 removes almost all
-of the unembedding. Batches stay full: every patch with the same start position is one
+of the unembedding; 4 removes the positions before the first corrupted token. Batches stay full: every patch with the same start position is one
 group, whatever its start layer, and a group's rows are (patch, prompt) pairs, each carrying
-its own write, up to ``max_rows`` rows per forward. Rows *join* the forward at their own start
+its own write, up to ``max_rows`` rows per forward; only pairs whose positions exist in the
+prompt and that are not no-ops become rows. Rows *join* the forward at their own start
 layer (staggered entry, :attr:`Forward.joins`): block ``j`` computes every row that started at
 or below ``j``, so one forward serves all layers of a position and no block runs for a row
 below its start. There is one ``mx.eval`` per forward and no per-patch host sync.
@@ -75,6 +82,11 @@ class PatchBatch:
     noise : tuple (rows (n,) int, positions (n,) int, values (n, D) float32), optional
         Noise added to the base run's ``resid_pre`` at layer 0 (ROME-style corruption): one
         entry per noised token, so spans may differ in length across prompts.
+    noop : callable Position -> np.ndarray, bool, (B,), optional
+        True where patching that position cannot change the prompt's base run: the source and
+        base runs are identical up to and including it (same absolute position, same tokens
+        before it, no noise at or before it). The engine returns the base run's metrics there
+        without computing. None: no such knowledge, every patch is computed.
     """
 
     base_tokens: np.ndarray
@@ -85,6 +97,7 @@ class PatchBatch:
     wrong: np.ndarray
     clean_logits: np.ndarray
     noise: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    noop: Callable[[Position], np.ndarray] | None = None
 
     @property
     def size(self) -> int:
@@ -168,16 +181,33 @@ class PatchEngine:
     metrics : tuple of Metric
     max_rows : int
         Most rows (patch x prompt pairs) per forward pass.
+    skip_noops : bool
+        Return the base run's metrics for patches that :attr:`PatchBatch.noop` says cannot
+        change it, instead of computing them (the same numbers up to float rounding).
     """
 
-    def __init__(self, adapter: ModelAdapter, metrics: tuple[Metric, ...], max_rows: int = 256):
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        metrics: tuple[Metric, ...],
+        max_rows: int = 256,
+        skip_noops: bool = True,
+    ):
         self.adapter = adapter
         self.metrics = tuple(metrics)
         self.max_rows = max_rows
+        self.skip_noops = skip_noops
         # token_layers: (token, block) pairs computed in full; last_block_partial: tokens of the
         # last block that computed only their keys/values and attention (no MLP, no output
         # projection: only the answer position's output of the last block is used)
-        self.stats = {"forwards": 0, "rows": 0, "token_layers": 0, "last_block_partial": 0}
+        # noops: (patch, prompt) pairs answered with the base run's metrics, not computed
+        self.stats = {
+            "forwards": 0,
+            "rows": 0,
+            "token_layers": 0,
+            "last_block_partial": 0,
+            "noops": 0,
+        }
         # Score on the host with NumPy on a CPU device (4x faster exp than MLX's there).
         self.scoring = "numpy" if mx.default_device().type == mx.cpu else "mlx"
 
@@ -209,30 +239,51 @@ class PatchEngine:
         out = np.full((len(items), B, len(self.metrics)), np.nan, dtype=np.float32)
         scorer = Scorer(batch.answer, batch.wrong, batch.clean_logits, self.metrics, self.scoring)
         base = self._base_run(batch, scorer)
-        groups: dict[int, list[tuple[int, int]]] = defaultdict(
-            list
-        )  # start position -> (start layer, item)
+        noop_of = batch.noop if self.skip_noops else None
+        # start position -> (start layer, item, prompts computed)
+        groups: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
+        noops = 0
         for i, item in enumerate(items):
-            starts = [batch.base_pos(e.position) for e in item]
-            present = np.concatenate([s[s >= 0] for s in starts])
-            if present.size == 0:
-                continue  # no prompt has this position: stays NaN
-            groups[int(present.min())].append((min(e.layer for e in item), i))
-        per_forward = max(1, self.max_rows // B)
+            starts = np.stack([batch.base_pos(e.position) for e in item])  # (E, B)
+            present = (starts >= 0).all(axis=0) & np.stack(
+                [batch.source_pos(e.position) >= 0 for e in item]
+            ).all(axis=0)  # (B,): every entry exists in this prompt (else the value stays NaN)
+            if noop_of is not None:
+                noop = present & np.stack([noop_of(e.position) for e in item]).all(axis=0)
+                out[i, noop] = base.scores[noop]
+                noops += int(noop.sum())
+                present &= ~noop
+            prompts = np.nonzero(present)[0]
+            if prompts.size:
+                groups[int(starts[:, prompts].min())].append(
+                    (min(e.layer for e in item), i, prompts)
+                )
+        self.stats["noops"] += noops
+        if noops and on_progress is not None:
+            on_progress(noops)
         for p, members in sorted(groups.items()):
-            members.sort()  # by start layer: rows joining lower come first (staggered entry)
-            for k in range(0, len(members), per_forward):
-                chunk = members[k : k + per_forward]
-                ids = [i for _, i in chunk]
-                row_item = np.repeat(np.arange(len(chunk)), B)
-                row_prompt = np.tile(np.arange(B), len(chunk))
-                row_start = np.array([layer for layer, _ in chunk])[row_item]  # ascending
+            members.sort(key=lambda m: m[:2])  # by start layer: rows joining lower come first
+            k = 0
+            while k < len(members):
+                chunk, n_rows = [], 0  # whole items, up to max_rows rows (at least one item)
+                while k < len(members) and (
+                    not chunk or n_rows + len(members[k][2]) <= self.max_rows
+                ):
+                    chunk.append(members[k])
+                    n_rows += len(members[k][2])
+                    k += 1
+                ids = np.array([i for _, i, _ in chunk])
+                row_item = np.concatenate(
+                    [np.full(len(prompts), j) for j, (_, _, prompts) in enumerate(chunk)]
+                )
+                row_prompt = np.concatenate([prompts for _, _, prompts in chunk])
+                row_start = np.array([layer for layer, _, _ in chunk])[row_item]  # ascending
                 writes, valid = build_writes(
                     batch, [items[i] for i in ids], row_prompt, row_item, offset=p
                 )
                 logits = self._forward(base, batch, p, row_prompt, row_start, writes)
-                values_np = self._score(scorer, logits, row_prompt).reshape(len(chunk), B, -1)
-                out[ids] = np.where(valid.reshape(len(chunk), B)[..., None], values_np, np.nan)
+                values_np = self._score(scorer, logits, row_prompt)  # (R, M)
+                out[ids[row_item], row_prompt] = np.where(valid[:, None], values_np, np.nan)
                 self.stats["forwards"] += 1
                 self.stats["rows"] += len(row_prompt)
                 partial = (T - p - 1) * len(row_start)

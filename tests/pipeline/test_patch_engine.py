@@ -180,6 +180,43 @@ def test_engine_marks_missing_positions_nan(adapter):
     assert np.isnan(got).all()
 
 
+@pytest.mark.parametrize("noise", [False, True])
+def test_engine_skips_noop_patches_before_the_first_difference(adapter, noise):
+    """Prompts whose runs share a prefix (different per prompt): patches inside it are answered
+    with the base run's metrics, not computed, and still match the naive reference."""
+    batch, _, _ = make_batch(adapter, "denoise", noise, seed=3)
+    if noise:  # runs differ from each prompt's first noised position on (rows 0, 1, 2: 2, 4, 0)
+        same = np.array([2, 4, 0])
+    else:  # corrupt one token per prompt, at positions 3, 5, 1
+        clean = np.array(random_tokens(B, T, seed=13))
+        same = np.array([3, 5, 1])
+        corrupted = clean.copy()
+        corrupted[np.arange(B), same] = (corrupted[np.arange(B), same] + 1) % VOCAB
+        clean_sites, clean_logits = run_all(adapter, clean)
+        batch.base_tokens, batch.clean_logits = corrupted, clean_logits
+        batch.source = lambda kind, layer: clean_sites[(kind, layer)]
+    batch.noop = lambda p: (positions(p) >= 0) & (positions(p) < same)
+    items = sweep_items(adapter)
+    engine = PatchEngine(adapter, METRICS, max_rows=16)
+    got = engine.run(batch, items)
+    want = naive_patch(adapter, batch, items, METRICS)
+    assert_close(got.values, want)
+    full = PatchEngine(adapter, METRICS, max_rows=16, skip_noops=False)
+    computed = full.run(batch, items)
+    assert_close(got.values, computed.values)
+    # the skipped pairs are exactly the (item, prompt) pairs inside each prompt's shared prefix
+    expected = sum(
+        int(np.all([batch.noop(e.position)[b] for e in item])) for item in items for b in range(B)
+    )
+    assert engine.stats["noops"] == expected > 0
+    assert engine.stats["rows"] == full.stats["rows"] - expected
+    assert engine.stats["token_layers"] < full.stats["token_layers"]
+    for i, item in enumerate(items):
+        for b in range(B):
+            if all(batch.noop(e.position)[b] for e in item):
+                np.testing.assert_array_equal(got.values[i, b], got.baseline[b])
+
+
 def test_engine_computes_fewer_token_layers_than_naive(adapter):
     batch, _, _ = make_batch(adapter)
     items = [
