@@ -74,7 +74,7 @@ def _dry_run(study) -> str:
 
     from .compute import compute_plan
     from .datasets import tokenize_dataset
-    from .patch import patch_items, plan_work
+    from .patch import patch_items, plan_work, shared_prefix
 
     model_path = Path(study.model)
     m = _model_sizes(model_path)
@@ -106,6 +106,11 @@ def _dry_run(study) -> str:
             else list(patch.positions)
         )
         items, _ = patch_items(patch, layers, positions, m["heads"] if patch.heads else 0)
+        noise_first = None
+        if study.corruption is not None:
+            noise_first = td.role_pos("clean")[
+                :, list(td.roles).index(f"{study.corruption.span}_first")
+            ]
         work = plan_work(
             patch,
             items,
@@ -113,6 +118,13 @@ def _dry_run(study) -> str:
             {run: td.lengths(src) for run, src in runs_of.items()},
             {run: td.role_pos(src) for run, src in runs_of.items()},
             td.roles,
+            shared_prefix(
+                td.tokens(runs_of["clean"]),
+                td.tokens(runs_of["corrupted"]),
+                td.lengths(runs_of["clean"]),
+                td.lengths(runs_of["corrupted"]),
+                noise_first,
+            ),
         )
         runs, naive, engine = work.patched_runs, work.naive_token_layers, work.engine_token_layers
         mean_T = float(td.lengths("clean").mean())

@@ -309,7 +309,13 @@ def patch_items(spec: PatchSpec, layers, positions, n_heads: int) -> tuple[list,
 
 
 def plan_work(
-    spec: PatchSpec, items: list, n_layers: int, lengths: dict, role_pos: dict, roles
+    spec: PatchSpec,
+    items: list,
+    n_layers: int,
+    lengths: dict,
+    role_pos: dict,
+    roles,
+    shared: np.ndarray | None = None,
 ) -> PatchPlan:
     """Count patched runs and block work (token x layer) for the naive and this engine's schedule.
 
@@ -319,6 +325,9 @@ def plan_work(
         Token count of each prompt in the ``clean`` and ``corrupted`` runs.
     role_pos : dict run -> np.ndarray (N, R)
         Absolute position of each role (-1 where absent), columns in the order of ``roles``.
+    shared : np.ndarray (N,), optional
+        Leading positions where the two runs are identical (:func:`shared_prefix`); patches
+        there are answered by the base run and cost the engine nothing.
 
     Naive: one full pass (every block, every position) per patched run. Engine: blocks from the
     run's lowest layer, positions from its earliest, plus one base run per prompt and direction.
@@ -327,20 +336,43 @@ def plan_work(
     runs = naive = engine = 0
     for d in spec.directions:
         T = np.asarray(lengths[d.base_run], dtype=np.int64)  # (N,)
-        rp = np.asarray(role_pos[d.base_run], dtype=np.int64)
 
-        def start(p: Position, T=T, rp=rp) -> np.ndarray:
-            return rp[:, roles.index(p.role)] if p.is_role else np.where(T > p.index, p.index, -1)
+        def at(run: str, p: Position, T=T) -> np.ndarray:
+            if p.is_role:
+                return np.asarray(role_pos[run], dtype=np.int64)[:, roles.index(p.role)]
+            return np.where(np.asarray(lengths[run]) > p.index, p.index, -1)
 
         for item in items:
-            starts = np.stack([start(e.position) for e in item])  # (entries, N)
+            starts = np.stack([at(d.base_run, e.position) for e in item])  # (entries, N)
             valid = (starts >= 0).all(axis=0)
             p = starts.min(axis=0)
             runs += int(valid.sum())
             naive += int((T[valid] * n_layers).sum())
-            engine += int(((T - p)[valid] * (n_layers - min(e.layer for e in item))).sum())
+            computed = valid
+            if shared is not None:
+                sources = np.stack([at(d.source_run, e.position) for e in item])
+                computed = valid & ~((starts == sources) & (starts < shared)).all(axis=0)
+            engine += int(((T - p)[computed] * (n_layers - min(e.layer for e in item))).sum())
         engine += int((T * n_layers).sum())  # the base run of every prompt
     return PatchPlan(len(next(iter(lengths.values()))), runs, naive, engine)
+
+
+def shared_prefix(
+    tokens_a: np.ndarray,
+    tokens_b: np.ndarray,
+    len_a: np.ndarray,
+    len_b: np.ndarray,
+    noise_first: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N,) leading positions where two runs of each prompt are identical: the tokens they
+    share (up to the shorter run), cut at the first noised position (-1: no noise)."""
+    width = min(tokens_a.shape[1], tokens_b.shape[1])
+    differ = tokens_a[:, :width] != tokens_b[:, :width]
+    first = np.where(differ.any(axis=1), differ.argmax(axis=1), width)
+    same = np.minimum(first, np.minimum(len_a, len_b))
+    if noise_first is not None:
+        same = np.where(noise_first >= 0, np.minimum(same, noise_first), same)
+    return same
 
 
 def plan_patch(
@@ -362,7 +394,20 @@ def plan_patch(
         else np.zeros((len(pick), 0))
         for run in layout.runs
     }
-    return plan_work(spec, ctx.items, n_layers, lengths, role_pos, layout.roles)
+    tokens = {run: capture.zarr_array(f"{run}_tokens")[:][pick] for run in layout.runs}
+    noise_first = None
+    if ctx.noise is not None:
+        noise_first = role_pos["clean"][:, list(layout.roles).index(f"{ctx.noise.span}_first")]
+    shared = None
+    if {"clean", "corrupted"} <= set(layout.runs):
+        shared = shared_prefix(
+            tokens["clean"],
+            tokens["corrupted"],
+            lengths["clean"],
+            lengths["corrupted"],
+            noise_first,
+        )
+    return plan_work(spec, ctx.items, n_layers, lengths, role_pos, layout.roles, shared)
 
 
 def patch(
@@ -539,10 +584,15 @@ def _patch_chunk(
                 noise = _noise(
                     ctx, loaded, [ids[i] for i in idx], per_run["clean"]["role_pos"][idx], role_ix
                 )
-            same = _common_prefix(per_run[base_run], per_run[src_run], idx)
-            if ctx.noise is not None:  # noise from the span's first token on, in either run
-                first = per_run["clean"]["role_pos"][idx, role_ix[f"{ctx.noise.span}_first"]]
-                same = np.where(first >= 0, np.minimum(same, first), same)
+            same = shared_prefix(  # noise runs from the span's first token on, in either run
+                per_run[base_run]["tokens"][idx],
+                per_run[src_run]["tokens"][idx],
+                base_len[idx],
+                src_len[idx],
+                None
+                if ctx.noise is None
+                else per_run["clean"]["role_pos"][idx, role_ix[f"{ctx.noise.span}_first"]],
+            )
             base_abs, source_abs = pos_fn(base_run), pos_fn(src_run)
 
             def noop(p: Position, base_abs=base_abs, source_abs=source_abs, same=same):
@@ -567,15 +617,6 @@ def _patch_chunk(
                 for m_ix, m in enumerate(spec.metrics):
                     out[f"{d}_{suffix}{m}"][(idx, *where)] = values[item_ix, :, m_ix]
     return out
-
-
-def _common_prefix(base: dict, source: dict, idx: np.ndarray) -> np.ndarray:
-    """(B,) number of leading tokens the two runs of each prompt share (up to the shorter one)."""
-    a, b = base["tokens"][idx], source["tokens"][idx]
-    width = min(a.shape[1], b.shape[1])
-    differ = a[:, :width] != b[:, :width]
-    first = np.where(differ.any(axis=1), differ.argmax(axis=1), width)
-    return np.minimum(first, np.minimum(base["length"][idx], source["length"][idx]))
 
 
 def _noise(

@@ -19,7 +19,14 @@ import zarr
 
 from patchsweep.pipeline.adapter import Forward
 from patchsweep.pipeline.capture import CaptureSpec, capture
-from patchsweep.pipeline.patch import PatchSpec, patch, plan_patch
+from patchsweep.pipeline.patch import (
+    PatchSpec,
+    patch,
+    patch_items,
+    plan_patch,
+    plan_work,
+    shared_prefix,
+)
 from patchsweep.pipeline.patch_engine import PatchBatch, PatchEntry
 from patchsweep.pipeline.patch_reference import naive_patch
 from patchsweep.pipeline.tokenization import tokenize_dataset
@@ -229,6 +236,35 @@ def test_plan_patch_counts_less_work_than_naive(captured):
     )  # one run per (prompt, layer, existing position)
     assert plan.naive_token_layers == int((lengths**2).sum()) * 3 * 3
     assert plan.engine_token_layers < 0.75 * plan.naive_token_layers
+
+
+def test_plan_work_excludes_patches_inside_the_shared_prefix():
+    """One prompt of 6 tokens whose runs differ from position 4 on; resid_pre of 2 layers."""
+    spec = PatchSpec(sites=("resid_pre",))
+    items, _ = patch_items(spec, [0, 1], [str(i) for i in range(6)], 0)
+    lengths = {"clean": np.array([6]), "corrupted": np.array([6])}
+    role_pos = {"clean": np.zeros((1, 0)), "corrupted": np.zeros((1, 0))}
+    full = plan_work(spec, items, 2, lengths, role_pos, ())
+    skip = plan_work(spec, items, 2, lengths, role_pos, (), shared=np.array([4]))
+    assert (skip.patched_runs, skip.naive_token_layers) == (
+        full.patched_runs,
+        full.naive_token_layers,
+    )
+    base = 6 * 2  # the base run
+    # computed: positions 4 and 5 at start layers 0 (2 blocks) and 1 (1 block)
+    assert skip.engine_token_layers == base + sum(
+        (6 - p) * (2 - layer) for p in (4, 5) for layer in (0, 1)
+    )
+    assert full.engine_token_layers == base + sum(
+        (6 - p) * (2 - layer) for p in range(6) for layer in (0, 1)
+    )
+    assert shared_prefix(
+        np.array([[1, 2, 3, -1], [1, 2, 3, 4]]),
+        np.array([[1, 2, 9, -1], [1, 2, 3, 4]]),
+        np.array([3, 4]),
+        np.array([3, 4]),
+        np.array([-1, 1]),
+    ).tolist() == [2, 1]
 
 
 @pytest.mark.parametrize(
