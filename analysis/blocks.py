@@ -67,6 +67,11 @@ def block_statistics(
             test = sign_flip_test(
                 values, config.null_value, config.alternative, config.n_permutations, config.seed
             )
+        # every counted value exactly at the null: no evidence against it (scipy gives NaN)
+        at_null = (s.n >= 1) & np.all(np.isnan(values) | (values == config.null_value), axis=0)
+        test = type(test)(
+            np.where(at_null, 0.0, test.statistic), np.where(at_null, 1.0, test.pvalue)
+        )
         if config.n_bootstrap:
             ci = bootstrap_ci(
                 values, config.bootstrap, config.n_bootstrap, config.seed, config.confidence

@@ -17,6 +17,16 @@ recovery is not computed, and each component reports how many prompts were exclu
 have) makes that prompt *not applicable* to that component (``n_not_applicable``). Neither
 is ever silently averaged as NaN.
 
+The numerical-zero rule
+-----------------------
+A recovery within :data:`NUMERICAL_ZERO` (1e-4, i.e. 0.01% of the prompt's gap) of 0 is set
+to exactly 0. Patches that cannot change the answer (a position before the two runs differ,
+or a site whose output nothing downstream reads) reproduce the base run only up to float32
+rounding, and that rounding can share one sign across prompts (the base run is computed in
+another batch than the patched one): left alone, a test across hundreds of prompts calls it a
+"significant" effect of 1e-7. A component whose every recovery is then exactly the null value
+gets p = 1 (:mod:`patchsweep.analysis.blocks`).
+
 Internally the per-prompt block carries both facts in one float32 array: NaN = not
 applicable, ``+inf`` = excluded (:data:`EXCLUDED`); every other value is a recovery.
 """
@@ -29,10 +39,13 @@ import numpy as np
 
 from patchsweep.stores.metrics import Metric
 
-__all__ = ["EXCLUDED", "GapRule", "gap_rule", "recovery", "encode", "decode"]
+__all__ = ["EXCLUDED", "NUMERICAL_ZERO", "GapRule", "gap_rule", "recovery", "encode", "decode"]
 
 #: Sentinel of an excluded (un-normalisable) prompt inside the recovery block.
 EXCLUDED = np.inf
+
+#: Recoveries this close to 0 are float32 rounding, set to exactly 0 (module docstring).
+NUMERICAL_ZERO = 1e-4
 
 
 class GapRule(NamedTuple):
@@ -80,11 +93,14 @@ def recovery(patched, clean, corrupted, metric: str):
     """Recovery from patched, clean and corrupted metric values (numpy or dask, broadcasting).
 
     ``patched`` is (n_prompts, ...) and the baselines broadcast against it, e.g. shape
-    (n_prompts, 1). No exclusion is applied here; see :func:`encode`.
+    (n_prompts, 1). No exclusion is applied here; see :func:`encode`. Values within
+    :data:`NUMERICAL_ZERO` of 0 become exactly 0.
     """
     if Metric.parse(metric).is_distance:
-        return 1.0 - patched / corrupted
-    return (patched - corrupted) / (clean - corrupted)
+        rec = 1.0 - patched / corrupted
+    else:
+        rec = (patched - corrupted) / (clean - corrupted)
+    return np.where(abs(rec) <= NUMERICAL_ZERO, 0.0, rec)
 
 
 def encode(patched, rec, excluded):

@@ -611,6 +611,7 @@ def _patch_chunk(
                 clean_logits=logits["clean"][idx],
                 noise=noise,
                 noop=noop,
+                baseline=np.stack([out[f"{base_run}_{m}"][idx] for m in spec.metrics], axis=1),
             )
             values = engine.run(batch, ctx.items, on_progress=advance).values  # (n_items, B, M)
             for item_ix, (suffix, where) in enumerate(ctx.targets):

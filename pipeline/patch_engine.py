@@ -87,6 +87,11 @@ class PatchBatch:
         base runs are identical up to and including it (same absolute position, same tokens
         before it, no noise at or before it). The engine returns the base run's metrics there
         without computing. None: no such knowledge, every patch is computed.
+    baseline : np.ndarray, float32, (B, M), optional
+        The unpatched base run's metrics as the caller records them (e.g. scored from the
+        captured logits). No-op patches return exactly these, so their recovery against that
+        baseline is exactly 0 rather than float-rounding noise of one sign (which a test across
+        prompts would call significant). None: the engine's own base run.
     """
 
     base_tokens: np.ndarray
@@ -98,6 +103,7 @@ class PatchBatch:
     clean_logits: np.ndarray
     noise: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     noop: Callable[[Position], np.ndarray] | None = None
+    baseline: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -240,6 +246,7 @@ class PatchEngine:
         scorer = Scorer(batch.answer, batch.wrong, batch.clean_logits, self.metrics, self.scoring)
         base = self._base_run(batch, scorer)
         noop_of = batch.noop if self.skip_noops else None
+        unpatched = base.scores if batch.baseline is None else np.asarray(batch.baseline)
         # start position -> (start layer, item, prompts computed)
         groups: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
         noops = 0
@@ -250,7 +257,7 @@ class PatchEngine:
             ).all(axis=0)  # (B,): every entry exists in this prompt (else the value stays NaN)
             if noop_of is not None:
                 noop = present & np.stack([noop_of(e.position) for e in item]).all(axis=0)
-                out[i, noop] = base.scores[noop]
+                out[i, noop] = unpatched[noop]
                 noops += int(noop.sum())
                 present &= ~noop
             prompts = np.nonzero(present)[0]

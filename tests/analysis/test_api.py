@@ -30,6 +30,7 @@ def _naive_recovery(path, name, metric):
         else:
             gap = clean - corrupted
             rec = (patched - corrupted.reshape(shape)) / gap.reshape(shape)
+    rec = np.where(np.abs(rec) <= 1e-4, 0.0, rec)  # the documented numerical-zero rule
     bad = np.abs(gap) < 1e-6 * np.median(np.abs(gap))
     return patched.reshape(len(clean), -1), rec.reshape(len(clean), -1), bad | (gap == 0)
 
@@ -51,6 +52,23 @@ def test_analyze_matches_naive_numpy_and_scipy(store, tmp_path):
         np.testing.assert_allclose(rows["mean"], np.nanmean(vals, 0), rtol=1e-5)  # store is float32
         np.testing.assert_allclose(rows["p"], ref.pvalue, rtol=1e-4)
     assert bad.sum() == 1  # prompt 2 has clean == corrupted
+
+
+@pytest.mark.parametrize("test", ["t", "wilcoxon", "permutation"])
+def test_component_exactly_at_the_null_has_p_one(test):
+    """Patches that cannot change the run (every recovery exactly 0) are not evidence of an
+    effect: p = 1 and statistic 0, where scipy's t and Wilcoxon tests return NaN."""
+    from patchsweep.analysis.blocks import FIELDS, block_statistics
+
+    rng = np.random.default_rng(0)
+    block = np.zeros((40, 3), dtype=np.float32)
+    block[:, 1] = rng.normal(1.0, 0.5, 40)  # a real effect
+    block[:5, 2] = np.nan  # not applicable to 5 prompts, 0 elsewhere
+    out = block_statistics(block, np.zeros(40, int), 1, AnalysisConfig(test=test, **FAST))[0]
+    p, stat = out[FIELDS.index("p")], out[FIELDS.index("statistic")]
+    assert p[0] == 1.0 and p[2] == 1.0 and stat[0] == 0.0 and stat[2] == 0.0
+    assert p[1] < 1e-3  # (Monte Carlo permutation p-values stop near 1 / n_permutations)
+    assert out[FIELDS.index("n")].tolist() == [40, 40, 35]
 
 
 def test_analyze_finds_planted_effects_and_writes_outputs(store, tmp_path):

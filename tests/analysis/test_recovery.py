@@ -17,6 +17,17 @@ def test_recovery_distance_metric_formula():
     np.testing.assert_allclose(got, [[0.75, 0.0]])  # 1 - 0.5/2, 1 - 2/2
 
 
+def test_recovery_within_numerical_zero_is_exactly_zero():
+    # gap 4: patched - corrupted of 2e-4 is recovery 5e-5 (rounding), 8e-4 is 2e-4 (kept)
+    patched = np.array([[-1.0 + 2e-4, -1.0 - 2e-4, -1.0 + 8e-4, np.nan]])
+    got = recovery(patched, np.array([[3.0]]), np.array([[-1.0]]), "logit_diff")
+    assert got[0, 0] == 0.0 and got[0, 1] == 0.0
+    np.testing.assert_allclose(got[0, 2], 2e-4)
+    assert np.isnan(got[0, 3])
+    kl = recovery(np.array([[2.0 * (1 + 3e-5)]]), np.array([[0.0]]), np.array([[2.0]]), "kl")
+    assert kl[0, 0] == 0.0
+
+
 def test_gap_rule_excludes_small_zero_and_nonfinite_gaps():
     clean = np.array([1.0, 1.0, 1.0, 1.0, np.nan])
     corrupted = np.array([0.0, 1.0, 1.0 - 1e-9, -1.0, 0.0])

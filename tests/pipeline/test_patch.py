@@ -180,6 +180,30 @@ def test_patch_refuses_all_positions_for_unequal_lengths(lm, tmp_path):
     assert summary.prompts == 6
 
 
+def test_patch_noop_positions_store_exactly_the_base_baseline(lm, captured, tmp_path):
+    """Positions before a prompt's runs differ: the stored value is exactly the stored base-run
+    baseline (recovery exactly 0), in both directions; later positions are computed."""
+    spec = PatchSpec(sites=("resid_pre", "mlp_out"), directions=("denoise", "noise"))
+    url = tmp_path / "r.zarr"
+    patch(lm, captured, spec, url, progress=False)
+    g = zarr.open_group(str(url), mode="r")
+    cap = ActivationStore.open(captured)
+    tokens = {r: cap.zarr_array(f"{r}_tokens")[:] for r in ("clean", "corrupted")}
+    lengths = {r: cap.zarr_array(f"{r}_length")[:] for r in ("clean", "corrupted")}
+    same = shared_prefix(
+        tokens["clean"], tokens["corrupted"], lengths["clean"], lengths["corrupted"]
+    )
+    assert (same > 0).any()
+    for d, base in (("denoise", "corrupted"), ("noise", "clean")):
+        for m in spec.metrics:
+            values, baseline = g[f"{d}_{m}"][:], g[f"{base}_{m}"][:]  # (prompt, site, layer, pos)
+            for i in range(len(same)):
+                inside = values[i, :, :, : same[i]]
+                np.testing.assert_array_equal(inside, np.broadcast_to(baseline[i], inside.shape))
+                after = values[i, :, :, same[i] : lengths[base][i]]
+                assert not np.all(after == baseline[i])  # computed, not copied
+
+
 def test_patch_resumed_summary_counts_only_recomputed_prompts(lm, captured, tmp_path):
     spec = PatchSpec(sites=("resid_pre",), positions=("last",))
     url = tmp_path / "r.zarr"

@@ -211,10 +211,19 @@ def test_engine_skips_noop_patches_before_the_first_difference(adapter, noise):
     assert engine.stats["noops"] == expected > 0
     assert engine.stats["rows"] == full.stats["rows"] - expected
     assert engine.stats["token_layers"] < full.stats["token_layers"]
-    for i, item in enumerate(items):
-        for b in range(B):
-            if all(batch.noop(e.position)[b] for e in item):
-                np.testing.assert_array_equal(got.values[i, b], got.baseline[b])
+    noop_pairs = [
+        (i, b)
+        for i, item in enumerate(items)
+        for b in range(B)
+        if all(batch.noop(e.position)[b] for e in item)
+    ]
+    for i, b in noop_pairs:
+        np.testing.assert_array_equal(got.values[i, b], got.baseline[b])
+    # a caller's recorded baseline (e.g. scored from captured logits) is returned exactly
+    batch.baseline = got.baseline + np.float32(1e-3)
+    again = PatchEngine(adapter, METRICS, max_rows=16).run(batch, items).values
+    for i, b in noop_pairs:
+        np.testing.assert_array_equal(again[i, b], batch.baseline[b])
 
 
 def test_engine_computes_fewer_token_layers_than_naive(adapter):
