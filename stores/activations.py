@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ from .identity import Identity, check_identity, diff_values
 from .locations import refuse_foreign, remove_partials
 from .schema import ArraySpec
 from .sites import ROLE_PATTERN, SiteKind
-from .zarr_base import FORMAT_VERSION, ChunkedStore, package_version
+from .zarr_base import ChunkedStore
 
 __all__ = ["ActivationStore", "CaptureLayout", "DEFAULT_CODEC", "DEFAULT_SHARD_BYTES", "RUNS"]
 
@@ -314,24 +313,13 @@ class ActivationStore(ChunkedStore):
             remove_partials(url)
             return store
         refuse_foreign(url)
-        attrs = {
-            "format_version": FORMAT_VERSION,
-            "kind": cls.KIND,
-            "identity": identity.to_dict(),
-            "storage_dtype": layout.storage_dtype,
-            "package_version": package_version(),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "chunk_prompts": layout.chunk_prompts,
-            "layout": layout.to_dict(),
-        }
-        return cls._create(
+        return cls._create_for_layout(
             url,
+            layout,
             layout.specs(ids, cols),
-            attrs,
+            {"identity": identity.to_dict(), "storage_dtype": layout.storage_dtype},
             storage_dtype=StorageDType.parse(layout.storage_dtype),
             codec=Codec.parse(layout.codec),
-            chunk_prompts=layout.chunk_prompts,
-            n_prompts=layout.n_prompts,
             storage_options=storage_options,
             durable=durable,
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from .locations import _local_path, refuse_foreign, remove_partials
 from .metrics import Metric
 from .schema import ArraySpec
 from .sites import ROLE_PATTERN, Direction, Position, SiteKind
-from .zarr_base import FORMAT_VERSION, ChunkedStore, package_version
+from .zarr_base import ChunkedStore
 
 __all__ = ["ResultsLayout", "ResultsStore"]
 
@@ -251,25 +250,18 @@ class ResultsStore(ChunkedStore):
             return store
         refuse_foreign(url)
         attrs = {
-            "format_version": FORMAT_VERSION,
-            "kind": cls.KIND,
             "source": src,
             "spec": spec,
             "metrics": list(layout.metrics),
             "directions": list(layout.directions),
-            "package_version": package_version(),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "chunk_prompts": layout.chunk_prompts,
-            "layout": layout.to_dict(),
         }
-        return cls._create(
+        return cls._create_for_layout(
             url,
+            layout,
             layout.specs(ids, meta),
             attrs,
             storage_dtype=StorageDType.FLOAT32,
             codec=Codec.ZSTD,
-            chunk_prompts=layout.chunk_prompts,
-            n_prompts=layout.n_prompts,
             storage_options=storage_options,
             durable=durable,
         )

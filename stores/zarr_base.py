@@ -120,6 +120,47 @@ class ChunkedStore:
 
     # -- creation -----------------------------------------------------------------------
     @classmethod
+    def _create_for_layout(
+        cls,
+        url,
+        layout,
+        specs: Sequence[ArraySpec],
+        attrs: dict,
+        *,
+        storage_dtype: StorageDType,
+        codec: Codec,
+        storage_options=None,
+        durable: bool = True,
+    ):
+        """:meth:`_create` with the root attributes every store kind shares around ``attrs``.
+
+        ``layout`` is the kind's layout dataclass (``n_prompts``, ``chunk_prompts``,
+        ``to_dict()``).
+        """
+        from datetime import UTC, datetime
+
+        root = {
+            "format_version": FORMAT_VERSION,
+            "kind": cls.KIND,
+            **attrs,
+            "package_version": package_version(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "chunk_prompts": layout.chunk_prompts,
+            "layout": layout.to_dict(),
+        }
+        return cls._create(
+            url,
+            specs,
+            root,
+            storage_dtype=storage_dtype,
+            codec=codec,
+            chunk_prompts=layout.chunk_prompts,
+            n_prompts=layout.n_prompts,
+            storage_options=storage_options,
+            durable=durable,
+        )
+
+    @classmethod
     def _create(
         cls,
         url,
