@@ -4,7 +4,7 @@ Activation patching replays a *source* run's activation at a site into a *base* 
 scores the result (denoising: clean into corrupted; noising: corrupted into clean). The naive
 method (:mod:`patchsweep.pipeline.patch_reference`, and TransformerLens's
 ``get_act_patch_resid_pre``) runs one full forward pass per patch. This engine computes
-exactly the same numbers with far less work, from three facts about causal decoders:
+exactly the same numbers with far less work, from four facts about causal decoders:
 
 1. A patch at layer ``l`` cannot change blocks below ``l``: the pass *starts* at block ``l``
    from the base run's residual stream ``resid_pre[l]``.
@@ -14,7 +14,6 @@ exactly the same numbers with far less work, from three facts about causal decod
 3. The metrics need only the answer position's logits: the final norm and unembedding run
    on the last position alone, and so do the last block's MLP and attention output
    projection (the adapter's ``unembed="last"``).
-
 4. A patch at position ``p`` of a prompt whose base and source runs are identical up to and
    including ``p`` (same tokens, no noise there: :attr:`PatchBatch.noop`) writes exactly what
    the base run already holds, so its patched run *is* the base run: its metrics are the base
@@ -22,13 +21,15 @@ exactly the same numbers with far less work, from three facts about causal decod
    prompt, so this skips every position before it.
 
 For a full layer x position sweep 1+2 cut block work to about a quarter; 3 removes almost all
-of the unembedding; 4 removes the positions before the first corrupted token. Batches stay full: every patch with the same start position is one
-group, whatever its start layer, and a group's rows are (patch, prompt) pairs, each carrying
-its own write, up to ``max_rows`` rows per forward; only pairs whose positions exist in the
-prompt and that are not no-ops become rows. Rows *join* the forward at their own start
-layer (staggered entry, :attr:`Forward.joins`): block ``j`` computes every row that started at
-or below ``j``, so one forward serves all layers of a position and no block runs for a row
-below its start. There is one ``mx.eval`` per forward and no per-patch host sync.
+of the unembedding; 4 removes the positions before the first corrupted token.
+
+Batches stay full: every patch with the same start position is one group, whatever its start
+layer, and a group's rows are (patch, prompt) pairs, each carrying its own write, up to
+``max_rows`` rows per forward; only pairs whose positions exist in the prompt and that are
+not no-ops become rows. Rows *join* the forward at their own start layer (staggered entry,
+:attr:`Forward.joins`): block ``j`` computes every row that started at or below ``j``, so one
+forward serves all layers of a position and no block runs for a row below its start. There
+is one ``mx.eval`` per forward and no per-patch host sync.
 
 Shapes: ``B`` prompts in a batch (same base length ``T``), ``R`` rows per forward,
 ``D`` = d_model, ``H`` heads of ``d_head``, ``V`` vocabulary, ``M`` metrics.
