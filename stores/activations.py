@@ -31,7 +31,6 @@ import numpy as np
 from .dtypes import Codec, StorageDType
 from .errors import ConfigError, StoreMismatchError
 from .identity import Identity, check_identity, diff_values
-from .locations import refuse_foreign, remove_partials
 from .schema import ArraySpec
 from .sites import ROLE_PATTERN, SiteKind
 from .zarr_base import ChunkedStore
@@ -305,14 +304,11 @@ class ActivationStore(ChunkedStore):
             c: _check_column(f"meta[{c!r}]", meta.get(c), layout.n_prompts)
             for c in layout.meta_columns
         }
-        existing = cls._existing(url, storage_options)
-        if existing is not None:
-            zstore, group, attrs = existing
-            store = cls(url, zstore, group, read_only=False, durable=durable)
-            store._check_matches(layout, identity, ids)
-            remove_partials(url)
+        store = cls._resume(
+            url, storage_options, durable, lambda s: s._check_matches(layout, identity, ids)
+        )
+        if store is not None:
             return store
-        refuse_foreign(url)
         return cls._create_for_layout(
             url,
             layout,
@@ -322,24 +318,6 @@ class ActivationStore(ChunkedStore):
             codec=Codec.parse(layout.codec),
             storage_options=storage_options,
             durable=durable,
-        )
-
-    @classmethod
-    def open(
-        cls,
-        url: str | os.PathLike,
-        mode: str = "r",
-        *,
-        allow_incomplete: bool = False,
-        storage_options: Mapping | None = None,
-    ) -> ActivationStore:
-        """Open an existing capture store; ``mode="r"`` (default) refuses every write.
-
-        Raises :class:`StoreIncompleteError` if some chunk is unwritten, unless
-        ``allow_incomplete``.
-        """
-        return cls._open(
-            url, mode=mode, allow_incomplete=allow_incomplete, storage_options=storage_options
         )
 
     def _check_matches(self, layout: CaptureLayout, identity: Identity, ids: list[str]) -> None:

@@ -25,7 +25,7 @@ from .activations import ActivationStore
 from .dtypes import Codec, StorageDType
 from .errors import ConfigError, StoreMismatchError
 from .identity import _plain, diff_values
-from .locations import _local_path, refuse_foreign, remove_partials
+from .locations import _local_path
 from .metrics import Metric
 from .schema import ArraySpec
 from .sites import ROLE_PATTERN, Direction, Position, SiteKind
@@ -233,22 +233,11 @@ class ResultsStore(ChunkedStore):
             if layout.meta_columns
             else {}
         )
-        existing = cls._existing(url, storage_options)
-        if existing is not None:
-            zstore, group, _ = existing
-            store = cls(url, zstore, group, read_only=False, durable=durable)
-            store.check_source(src)
-            lines = diff_values("spec", store.attrs.get("spec"), spec) + diff_values(
-                "layout", store.attrs.get("layout"), layout.to_dict()
-            )
-            if lines:
-                raise StoreMismatchError(
-                    f"The results store at {store.url!r} was made with a different patch spec or layout:\n  "
-                    + "\n  ".join(lines)
-                )
-            remove_partials(url)
+        store = cls._resume(
+            url, storage_options, durable, lambda s: s._check_matches(src, spec, layout)
+        )
+        if store is not None:
             return store
-        refuse_foreign(url)
         attrs = {
             "source": src,
             "spec": spec,
@@ -266,19 +255,16 @@ class ResultsStore(ChunkedStore):
             durable=durable,
         )
 
-    @classmethod
-    def open(
-        cls,
-        url: str | os.PathLike,
-        mode: str = "r",
-        *,
-        allow_incomplete: bool = False,
-        storage_options: Mapping | None = None,
-    ) -> ResultsStore:
-        """Open an existing results store; ``mode="r"`` (default) refuses every write."""
-        return cls._open(
-            url, mode=mode, allow_incomplete=allow_incomplete, storage_options=storage_options
+    def _check_matches(self, src: dict, spec: dict, layout: ResultsLayout) -> None:
+        self.check_source(src)
+        lines = diff_values("spec", self.attrs.get("spec"), spec) + diff_values(
+            "layout", self.attrs.get("layout"), layout.to_dict()
         )
+        if lines:
+            raise StoreMismatchError(
+                f"The results store at {self.url!r} was made with a different patch spec or layout:\n  "
+                + "\n  ".join(lines)
+            )
 
     @property
     def source(self) -> dict[str, str]:

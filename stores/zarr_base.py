@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import zarr
@@ -44,7 +44,7 @@ from .errors import (
     StoreIncompleteError,
     StoreNotFoundError,
 )
-from .locations import _local_path, open_zarr_store
+from .locations import _local_path, open_zarr_store, refuse_foreign, remove_partials
 from .schema import ArraySpec, _create_array
 
 # ChunkWriter and the dtype names are re-exported: tests and the patch stage import them here.
@@ -79,7 +79,7 @@ class ChunkedStore:
     """Generic engine of a prompt-chunked Zarr v3 store; see the module docstring.
 
     Subclasses set ``KIND`` and implement ``_specs()`` (the schema, from ``self.layout``).
-    Use the subclasses' ``create_or_resume`` / ``open``; do not call ``__init__`` directly.
+    Use the subclasses' ``create_or_resume`` and ``open``; do not call ``__init__`` directly.
     """
 
     KIND = ""
@@ -222,7 +222,36 @@ class ChunkedStore:
         return zstore, group, dict(meta)
 
     @classmethod
-    def _open(cls, url, *, mode: str, allow_incomplete: bool, storage_options=None):
+    def _resume(
+        cls, url, storage_options, durable: bool, check: Callable[[Self], None]
+    ) -> Self | None:
+        """The fully created store at ``url``, reopened for writing once ``check(store)`` (which
+        raises on a mismatch) passes, its orphan ``*.partial`` files removed; None when there is
+        no store yet (a non-empty folder that is not a store is refused)."""
+        existing = cls._existing(url, storage_options)
+        if existing is None:
+            refuse_foreign(url)
+            return None
+        zstore, group, _ = existing
+        store = cls(url, zstore, group, read_only=False, durable=durable)
+        check(store)
+        remove_partials(url)
+        return store
+
+    @classmethod
+    def open(
+        cls,
+        url: str | os.PathLike,
+        mode: str = "r",
+        *,
+        allow_incomplete: bool = False,
+        storage_options: Mapping | None = None,
+    ) -> Self:
+        """Open an existing store of this kind; ``mode="r"`` (default) refuses every write.
+
+        Raises :class:`StoreIncompleteError` if some chunk is unwritten, unless
+        ``allow_incomplete``.
+        """
         if mode not in ("r", "r+"):
             raise ConfigError(
                 f"Store mode must be 'r' (read-only) or 'r+' (read-write), got {mode!r}."
