@@ -39,7 +39,7 @@ from patchsweep.stores.activations import DEFAULT_CODEC, ActivationStore, Captur
 from patchsweep.stores.chunk_writer import ChunkWriter
 from patchsweep.stores.dtypes import Codec, StorageDType
 from patchsweep.stores.errors import ConfigError, Float16OverflowError, StoreError
-from patchsweep.stores.identity import Identity
+from patchsweep.stores.identity import Identity, dataclass_from_dict
 from patchsweep.stores.sites import ROLE_PATTERN, SiteKind
 
 from .adapter import ModelAdapter
@@ -166,13 +166,7 @@ class CaptureSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaptureSpec:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"Unknown CaptureSpec fields {unknown}; expected some of {sorted(known)}."
-            )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 from patchsweep.stores.activations import ActivationStore
 from patchsweep.stores.errors import ConfigError, StoreMismatchError
-from patchsweep.stores.identity import Identity
+from patchsweep.stores.identity import Identity, dataclass_from_dict
 from patchsweep.stores.metrics import Metric
 from patchsweep.stores.results import ResultsLayout, ResultsStore
 from patchsweep.stores.sites import Direction, PatchSet, Position, SiteKind
@@ -141,12 +141,7 @@ class PatchSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> PatchSpec:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"Unknown PatchSpec field(s) {unknown}; expected some of {sorted(cls.__dataclass_fields__)}."
-            )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return dataclass_from_dict(cls, data)
 
 
 def _seq(value) -> tuple:

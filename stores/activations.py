@@ -23,14 +23,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .dtypes import Codec, StorageDType
 from .errors import ConfigError, StoreMismatchError
-from .identity import Identity, check_identity, diff_values
+from .identity import (
+    Identity,
+    check_identity,
+    dataclass_from_dict,
+    dataclass_to_dict,
+    diff_values,
+)
 from .schema import ArraySpec
 from .sites import ROLE_PATTERN, SiteKind
 from .zarr_base import ChunkedStore
@@ -172,17 +178,11 @@ class CaptureLayout:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaptureLayout:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"Unknown CaptureLayout fields {unknown}; expected some of {sorted(known)}."
-            )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return dataclass_from_dict(cls, data)
 
     def specs(
         self,

@@ -13,19 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from os import PathLike
 from typing import Any
 
 import numpy as np
 
-from .errors import StoreError, StoreMismatchError
+from .errors import ConfigError, StoreError, StoreMismatchError
 
 __all__ = [
     "IDENTITY_PARTS",
     "Identity",
     "canonical_json",
     "check_identity",
+    "dataclass_from_dict",
+    "dataclass_to_dict",
     "sha256_arrays",
     "sha256_dataset",
     "sha256_file",
@@ -95,6 +97,23 @@ def sha256_dataset(records: Iterable[Mapping[str, Any]]) -> str:
 def _plain(obj: Any) -> Any:
     """The JSON form of ``obj`` (tuples -> lists), so stored and fresh values compare equal."""
     return json.loads(canonical_json(obj))
+
+
+def dataclass_to_dict(obj: Any) -> dict[str, Any]:
+    """A flat dataclass (specs, layouts) as stored JSON: tuples become lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(obj).items()}
+
+
+def dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """The inverse of :func:`dataclass_to_dict` (lists become tuples); an unknown key is a
+    :class:`ConfigError` naming it and the accepted fields."""
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"Unknown {cls.__name__} field(s) {unknown}; expected some of {sorted(known)}."
+        )
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from .activations import ActivationStore
 from .dtypes import Codec, StorageDType
 from .errors import ConfigError, StoreMismatchError
-from .identity import _plain, diff_values
+from .identity import _plain, dataclass_from_dict, dataclass_to_dict, diff_values
 from .locations import _local_path
 from .metrics import Metric
 from .schema import ArraySpec
@@ -110,16 +110,11 @@ class ResultsLayout:
         set_("chunk_prompts", int(self.chunk_prompts))
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResultsLayout:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"Unknown ResultsLayout fields {unknown}; expected some of {sorted(cls.__dataclass_fields__)}."
-            )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return dataclass_from_dict(cls, data)
 
     def specs(
         self,
