@@ -42,6 +42,8 @@ from mlx_lm.models.cache import KVCache
 from patchsweep.stores.errors import ModelAdapterError
 from patchsweep.stores.sites import SiteKind
 
+from .compute import dense_weight
+
 __all__ = ["ModelAdapter", "Forward", "SiteWrite", "ForwardResult", "PrefixKVCache"]
 
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
@@ -381,7 +383,7 @@ class ModelAdapter:
         """
         proj = self.output_projection(layer)
         B, L, H, dh = heads.shape
-        w = _dense_weight(proj).reshape(-1, H, dh)  # (D, H, dh)
+        w = dense_weight(proj).reshape(-1, H, dh)  # (D, H, dh)
         return mx.einsum("blhe,dhe->blhd", heads, w)
 
     def make_cache(self) -> list:
@@ -462,19 +464,6 @@ class ModelAdapter:
                 extra = (1,) * (x.ndim - 2)
                 fwd.recorded[key] = mx.take_along_axis(x, idx.reshape(*idx.shape, *extra), axis=1)
         return x
-
-
-def _dense_weight(linear: nn.Module) -> mx.array:
-    if isinstance(linear, nn.QuantizedLinear):
-        return mx.dequantize(
-            linear.weight,
-            linear.scales,
-            linear.get("biases"),
-            linear.group_size,
-            linear.bits,
-            mode=getattr(linear, "mode", "affine"),
-        )
-    return linear.weight
 
 
 def _in_features(linear: nn.Module) -> int:

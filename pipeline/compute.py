@@ -27,6 +27,7 @@ __all__ = [
     "DequantizeReport",
     "check_cpu_speed",
     "compute_plan",
+    "dense_weight",
     "dequantize",
     "forward_flops",
     "matmul_gflops",
@@ -146,9 +147,10 @@ def dequantize(model: nn.Module, dtype: mx.Dtype = mx.float32) -> DequantizeRepo
     return DequantizeReport(count, before, _nbytes(model))
 
 
-def _dense_of(module: nn.Module, dtype: mx.Dtype) -> nn.Module | None:
-    if isinstance(module, nn.QuantizedLinear):
-        w = mx.dequantize(
+def dense_weight(module: nn.Module) -> mx.array:
+    """The weight of a linear or embedding layer, dequantized if it is quantized."""
+    if isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding):
+        return mx.dequantize(
             module.weight,
             module.scales,
             module.get("biases"),
@@ -156,6 +158,12 @@ def _dense_of(module: nn.Module, dtype: mx.Dtype) -> nn.Module | None:
             module.bits,
             mode=getattr(module, "mode", "affine"),
         )
+    return module.weight
+
+
+def _dense_of(module: nn.Module, dtype: mx.Dtype) -> nn.Module | None:
+    if isinstance(module, nn.QuantizedLinear):
+        w = dense_weight(module)
         out_dim, in_dim = w.shape
         dense = nn.Linear(in_dim, out_dim, bias="bias" in module)
         dense.weight = w.astype(dtype)
@@ -163,14 +171,7 @@ def _dense_of(module: nn.Module, dtype: mx.Dtype) -> nn.Module | None:
             dense.bias = module.bias.astype(dtype)
         return dense
     if isinstance(module, nn.QuantizedEmbedding):
-        w = mx.dequantize(
-            module.weight,
-            module.scales,
-            module.get("biases"),
-            module.group_size,
-            module.bits,
-            mode=getattr(module, "mode", "affine"),
-        )
+        w = dense_weight(module)
         dense = nn.Embedding(*w.shape)
         dense.weight = w.astype(dtype)
         return dense
