@@ -309,7 +309,7 @@ class ActivationStore(ChunkedStore):
         )
         if store is not None:
             return store
-        return cls._create_for_layout(
+        return cls._create(
             url,
             layout,
             layout.specs(ids, cols),

@@ -239,7 +239,7 @@ class ResultsStore(ChunkedStore):
             "metrics": list(layout.metrics),
             "directions": list(layout.directions),
         }
-        return cls._create_for_layout(
+        return cls._create(
             url,
             layout,
             layout.specs(ids, meta),

@@ -120,7 +120,7 @@ class ChunkedStore:
 
     # -- creation -----------------------------------------------------------------------
     @classmethod
-    def _create_for_layout(
+    def _create(
         cls,
         url,
         layout,
@@ -132,48 +132,24 @@ class ChunkedStore:
         storage_options=None,
         durable: bool = True,
     ):
-        """:meth:`_create` with the root attributes every store kind shares around ``attrs``.
+        """Create the store: every array of ``specs``, the chunk markers, then the root
+        attributes every store kind shares around the kind's own ``attrs``.
 
         ``layout`` is the kind's layout dataclass (``n_prompts``, ``chunk_prompts``,
         ``to_dict()``).
         """
         from datetime import UTC, datetime
 
-        root = {
+        chunk_prompts, n_prompts = layout.chunk_prompts, layout.n_prompts
+        root_attrs = {
             "format_version": FORMAT_VERSION,
             "kind": cls.KIND,
             **attrs,
             "package_version": package_version(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "chunk_prompts": layout.chunk_prompts,
+            "chunk_prompts": chunk_prompts,
             "layout": layout.to_dict(),
         }
-        return cls._create(
-            url,
-            specs,
-            root,
-            storage_dtype=storage_dtype,
-            codec=codec,
-            chunk_prompts=layout.chunk_prompts,
-            n_prompts=layout.n_prompts,
-            storage_options=storage_options,
-            durable=durable,
-        )
-
-    @classmethod
-    def _create(
-        cls,
-        url,
-        specs: Sequence[ArraySpec],
-        root_attrs: dict,
-        *,
-        storage_dtype: StorageDType,
-        codec: Codec,
-        chunk_prompts: int,
-        n_prompts: int,
-        storage_options=None,
-        durable: bool = True,
-    ):
         path = _local_path(url)
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
