@@ -62,6 +62,31 @@ def _mark(ax, sig: pd.DataFrame) -> None:
     ax.scatter(xs + 0.5, ys + 0.5, s=28, c="black", edgecolors="white", linewidths=0.8, zorder=3)
 
 
+def _recovery_panel(ax, sub: pd.DataFrame, rows: tuple, cols: tuple, vmax: float, cbar: bool):
+    """One heatmap of mean recovery, ``rows``/``cols`` = (column name, order), significant
+    cells dotted."""
+    (r, r_order), (c, c_order) = rows, cols
+
+    def grid(values: str) -> pd.DataFrame:
+        return sub.pivot_table(
+            index=r, columns=c, values=values, aggfunc="first", dropna=False
+        ).reindex(index=r_order, columns=c_order)
+
+    sns.heatmap(
+        grid("mean"),
+        ax=ax,
+        cmap=_CMAP,
+        vmin=-vmax,
+        vmax=vmax,
+        center=0,
+        linewidths=0.3,
+        linecolor="white",
+        cbar=cbar,
+        cbar_kws={"label": "mean recovery", "shrink": 0.8},
+    )
+    _mark(ax, grid("significant"))
+
+
 def heatmap_positions(
     table: pd.DataFrame, pos_labels: dict[str, str], out_dir: Path, stem: str, title: str
 ) -> list[Path]:
@@ -86,27 +111,9 @@ def heatmap_positions(
         ax.set_visible(False)
     for ax, kind in zip(axes.flat, kinds, strict=False):
         sub = table[table["site"] == kind]
-        grid = sub.pivot_table(
-            index="pos", columns="layer", values="mean", aggfunc="first", dropna=False
+        _recovery_panel(
+            ax, sub, ("pos", positions), ("layer", layers), vmax, ax is last or ncols == 1
         )
-        grid = grid.reindex(index=positions, columns=layers)
-        sig = sub.pivot_table(
-            index="pos", columns="layer", values="significant", aggfunc="first"
-        ).reindex(index=positions, columns=layers)
-        sns.heatmap(
-            grid,
-            ax=ax,
-            cmap=_CMAP,
-            vmin=-vmax,
-            vmax=vmax,
-            center=0,
-            square=False,
-            linewidths=0.3,
-            linecolor="white",
-            cbar=ax is last or ncols == 1,
-            cbar_kws={"label": "mean recovery", "shrink": 0.8},
-        )
-        _mark(ax, sig)
         ax.set_title(kind, fontsize=11)
         ax.set_xlabel("layer")
         ax.set_ylabel("position")
@@ -149,25 +156,7 @@ def heatmap_heads(
     )
     for ax, pos in zip(axes[0], chosen, strict=True):
         sub = table[table["pos"] == pos]
-        grid = sub.pivot_table(
-            index="layer", columns="head", values="mean", aggfunc="first"
-        ).reindex(index=layers, columns=heads)
-        sig = sub.pivot_table(
-            index="layer", columns="head", values="significant", aggfunc="first"
-        ).reindex(index=layers, columns=heads)
-        sns.heatmap(
-            grid,
-            ax=ax,
-            cmap=_CMAP,
-            vmin=-vmax,
-            vmax=vmax,
-            center=0,
-            linewidths=0.3,
-            linecolor="white",
-            cbar=ax is axes[0][-1],
-            cbar_kws={"label": "mean recovery", "shrink": 0.8},
-        )
-        _mark(ax, sig)
+        _recovery_panel(ax, sub, ("layer", layers), ("head", heads), vmax, ax is axes[0][-1])
         ax.set_title(f"position {pos_labels.get(pos, pos)}", fontsize=11)
         ax.set_xlabel("head")
         ax.set_ylabel("layer" if ax is axes[0][0] else "")
