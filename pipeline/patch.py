@@ -567,8 +567,9 @@ def _patch_chunk(
 
                 return resolve
 
+            base_pos, source_abs = pos_fn(base_run), pos_fn(src_run)  # absolute positions
             if layout.pos_dim == "pos":
-                source_pos = pos_fn(src_run)
+                source_pos = source_abs
             else:  # role-only capture: the source arrays' position axis is the role axis
 
                 def source_pos(p: Position, idx=idx) -> np.ndarray:
@@ -588,10 +589,9 @@ def _patch_chunk(
                 if ctx.noise is None
                 else per_run["clean"]["role_pos"][idx, role_ix[f"{ctx.noise.span}_first"]],
             )
-            base_abs, source_abs = pos_fn(base_run), pos_fn(src_run)
 
-            def noop(p: Position, base_abs=base_abs, source_abs=source_abs, same=same):
-                b = base_abs(p)
+            def noop(p: Position, base_pos=base_pos, source_abs=source_abs, same=same):
+                b = base_pos(p)
                 return (b >= 0) & (b == source_abs(p)) & (b < same)
 
             batch = PatchBatch(
@@ -599,7 +599,7 @@ def _patch_chunk(
                 source=lambda kind, layer, idx=idx, src_run=src_run: source_acts(
                     src_run, kind, layer
                 )[idx],
-                base_pos=pos_fn(base_run),
+                base_pos=base_pos,
                 source_pos=source_pos,
                 answer=answer[idx],
                 wrong=wrong[idx],
